@@ -1,0 +1,1 @@
+"""Long-term episodic memory: episodes, the durable SQLite + FAISS store, query answering."""

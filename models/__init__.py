@@ -1,0 +1,1 @@
+"""Model backends (segmenters, embedders, audio detectors) behind small seams; importing is free."""

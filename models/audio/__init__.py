@@ -1,0 +1,1 @@
+"""Audio front-end (YAMNet-framed log-mel) and audio event detectors."""

@@ -1,0 +1,1 @@
+"""Embedders: image (optionally masked) → L2-normalised float32 vectors."""

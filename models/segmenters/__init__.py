@@ -1,0 +1,1 @@
+"""Segmenter backends: classical (default, weight-free); SAM-HQ comes with a checkpoint."""

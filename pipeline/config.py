@@ -1,0 +1,184 @@
+"""ServiceConfig: one validated tree loaded from YAML, overridable by ``EIDETIC__SECTION__KEY``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from pipeline.errors import ConfigError
+
+ENV_PREFIX = "EIDETIC__"
+ENV_TOKEN = "EIDETIC_API_TOKEN"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(_Section):
+    path: Path = Field(Path("./eidetic-data"), description="Directory of the on-disk store.")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None, description="Ray cluster address ('auto', 'ray://host:10001'); empty: local Ray."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for local Ray; empty: all cores.")
+    max_in_flight: int = Field(
+        8, ge=1, le=1024, description="Messages in flight between two actors (backpressure)."
+    )
+
+
+class IngestConfig(_Section):
+    chunk_s: float = Field(0.96, gt=0, le=10, description="Audio chunk length fed to triggers (s).")
+    perception_fps: float = Field(
+        2.0, gt=0, le=120, description="Frames per second sampled inside capture windows."
+    )
+    every_frame: bool = Field(
+        False, description="Decode and process every video frame, not just capture windows."
+    )
+    max_side: int = Field(
+        640, ge=64, le=8192, description="Frames are downscaled so their longer side is at most this."
+    )
+    max_dimension: int = Field(
+        16384, ge=64, description="Reject video whose width or height exceeds this (absurd sizes)."
+    )
+
+
+class TriggerConfig(_Section):
+    detector: Literal["energy"] = Field("energy", description="Audio event detector backend.")
+    k_mad: float = Field(
+        5.0, gt=0, le=50, description="Threshold = background median + k * MAD of frame dB."
+    )
+    min_rise_db: float = Field(
+        8.0, ge=0, le=80, description="A sound must be at least this many dB over background."
+    )
+    floor_dbfs: float = Field(
+        -55.0, ge=-120, le=0, description="Frames quieter than this never trigger (dBFS)."
+    )
+    background_s: float = Field(4.0, gt=0, le=120, description="Running background length (s).")
+    min_event_s: float = Field(0.08, ge=0, le=10, description="Shorter sounds are ignored (s).")
+    merge_gap_s: float = Field(0.4, ge=0, le=10, description="Sounds closer than this merge (s).")
+    pre_roll_s: float = Field(1.0, ge=0, le=60, description="Capture starts this long before (s).")
+    post_roll_s: float = Field(1.0, ge=0, le=60, description="Capture ends this long after (s).")
+    max_window_s: float = Field(
+        20.0, gt=0, le=3600, description="Longest capture window; longer activity is split (s)."
+    )
+
+
+class PerceptionConfig(_Section):
+    segmenter: Literal["classical"] = Field("classical", description="Segmenter backend.")
+    max_objects: int = Field(6, ge=1, le=64, description="Objects tracked per capture window.")
+    keyframe_budget: int = Field(10, ge=1, le=100, description="Keyframes kept per object.")
+    min_object_area: float = Field(
+        0.002, gt=0, lt=1, description="Smallest object, as a fraction of the frame area."
+    )
+
+
+class MemoryConfig(_Section):
+    keyframes_per_episode: int = Field(
+        4, ge=1, le=64, description="Representative keyframes stored per episode (JPEG)."
+    )
+    jpeg_quality: int = Field(85, ge=10, le=100, description="Quality of stored keyframe JPEGs.")
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="Address to bind; non-loopback needs a token.")
+    port: int = Field(8765, ge=0, le=65535, description="TCP port (0: any free port).")
+    token: SecretStr | None = Field(
+        None, description=f"Bearer token for the API (or set {ENV_TOKEN}); empty: loopback only."
+    )
+
+
+class ServiceConfig(_Section):
+    """Every setting of the service; ``deploy/config.example.yaml`` documents each key."""
+
+    store: StoreConfig = StoreConfig()
+    ray: RayConfig = RayConfig()
+    ingest: IngestConfig = IngestConfig()
+    trigger: TriggerConfig = TriggerConfig()
+    perception: PerceptionConfig = PerceptionConfig()
+    memory: MemoryConfig = MemoryConfig()
+    serve: ServeConfig = ServeConfig()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """``EIDETIC__SECTION__KEY=value`` → ``{"section": {"key": value}}`` (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            continue
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name} conflicts with another override")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(e: ValidationError, origin: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key (check the spelling; see deploy/config.example.yaml)")
+        else:
+            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid configuration in {origin}: " + "; ".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None, *, environ: dict[str, str] | None = None, **overrides: Any
+) -> ServiceConfig:
+    """Load the YAML file ``path`` (or defaults), then env overrides, then ``overrides``.
+
+    ``overrides`` are nested dicts by section, e.g. ``store={"path": "/data"}``.
+    Raises ``ConfigError`` naming the file and every bad key.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config file {p}: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    env = _env_overrides(environ)
+    if env:
+        origin += " + environment"
+    data = _merge(data, env)
+    data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    token = environ.get(ENV_TOKEN)
+    if token:
+        data = _merge(data, {"serve": {"token": token}})
+    try:
+        return ServiceConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, origin)) from None

@@ -1,0 +1,104 @@
+"""Synthetic media for tests: real files encoded with PyAV (moving squares + audio with bursts)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+SR = 16000
+
+
+def tone_with_clicks(
+    duration_s: float,
+    clicks_at: list[float],
+    *,
+    sr: int = SR,
+    burst_s: float = 0.25,
+    noise_db: float = -50.0,
+    burst_db: float = -12.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Quiet noise floor with loud broadband bursts starting at ``clicks_at`` (seconds).
+
+    Returns ``float32[n]`` mono in [-1, 1]; bursts decay exponentially over ``burst_s``.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(duration_s * sr))
+    y = rng.standard_normal(n).astype(np.float32) * np.float32(10 ** (noise_db / 20))
+    m = int(burst_s * sr)
+    env = np.exp(-np.linspace(0, 6, m)).astype(np.float32)
+    for t in clicks_at:
+        i = int(t * sr)
+        seg = rng.standard_normal(m).astype(np.float32) * env * np.float32(10 ** (burst_db / 20))
+        j = min(n, i + m)
+        y[i:j] += seg[: j - i]
+    return np.clip(y, -1, 1)
+
+
+def moving_squares(n_frames: int, *, width: int = 160, height: int = 120) -> list[np.ndarray]:
+    """``n_frames`` RGB frames (``uint8[H, W, 3]``) with two coloured squares moving on grey."""
+    frames = []
+    for i in range(n_frames):
+        img = np.full((height, width, 3), 90, dtype=np.uint8)
+        x = 10 + (i * 3) % (width - 50)
+        img[30:60, x : x + 30] = (220, 40, 40)
+        y = 20 + (i * 2) % (height - 45)
+        img[y : y + 25, width - 50 : width - 25] = (40, 200, 60)
+        frames.append(img)
+    return frames
+
+
+def write_video(
+    path: Path,
+    *,
+    duration_s: float = 3.0,
+    fps: int = 12,
+    width: int = 160,
+    height: int = 120,
+    clicks_at: list[float] | None = None,
+    audio: bool = True,
+    video: bool = True,
+    audio_delay_s: float = 0.0,
+    gop: int = 12,
+) -> Path:
+    """Encode an H.264/AAC MP4 (or M4A when ``video`` is False) with bursts at ``clicks_at``.
+
+    ``audio_delay_s`` makes the audio stream start later than the video (A/V offset).
+    """
+    clicks_at = [] if clicks_at is None else clicks_at
+    with av.open(str(path), "w") as out:
+        vs = as_ = None
+        if video:
+            vs = out.add_stream("libx264", rate=fps)
+            vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+            vs.options = {"g": str(gop), "preset": "ultrafast"}
+        if audio:
+            as_ = out.add_stream("aac", rate=SR)
+            as_.layout = "mono"
+        if vs is not None:
+            for i, img in enumerate(moving_squares(int(duration_s * fps), width=width, height=height)):
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame.pts = i
+                frame.time_base = Fraction(1, fps)
+                for pkt in vs.encode(frame):
+                    out.mux(pkt)
+            for pkt in vs.encode():
+                out.mux(pkt)
+        if as_ is not None:
+            y = tone_with_clicks(duration_s - audio_delay_s, [t - audio_delay_s for t in clicks_at])
+            block = 1024
+            start = int(round(audio_delay_s * SR))
+            for k in range(0, len(y), block):
+                chunk = y[k : k + block]
+                frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+                frame.sample_rate = SR
+                frame.pts = start + k
+                frame.time_base = Fraction(1, SR)
+                for pkt in as_.encode(frame):
+                    out.mux(pkt)
+            for pkt in as_.encode():
+                out.mux(pkt)
+    return path

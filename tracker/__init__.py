@@ -1,0 +1,1 @@
+"""Object tracking with a bounded keyframe memory (plain Python over numpy; no Ray)."""
