@@ -1,0 +1,1 @@
+"""Ray actors: thin wrappers around the plain stage classes (the only Ray code besides graph.py)."""

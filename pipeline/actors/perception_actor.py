@@ -1,0 +1,62 @@
+"""PerceptionActor: frames inside capture windows → tracks and keyframes → MemoryActor."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import ray
+
+from pipeline.actors.common import InFlight, Latency
+from pipeline.config import PerceptionConfig
+from pipeline.types import CaptureWindow, FramePacket
+
+logger = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0)
+class PerceptionActor:
+    """Runs the segmenter + tracker on each capture window and forwards Perceptions in order."""
+
+    def __init__(self, cfg: PerceptionConfig, memory: ray.actor.ActorHandle, max_in_flight: int = 8):
+        from models import registry
+
+        self.cfg = cfg
+        self.memory = memory
+        self.segmenter = registry.create(registry.SEGMENTERS, cfg.segmenter)
+        self.embedder = registry.create(registry.EMBEDDERS, "classical")
+        self.tracker = None
+        self.in_flight = InFlight(max_in_flight)
+        self.frames = 0
+        self.latency = Latency()
+
+    def begin(self, window: CaptureWindow, source: str, sounds: list, wall_start: float | None = None) -> None:
+        from tracker.tracker import Tracker
+
+        self.tracker = Tracker(
+            self.segmenter,
+            self.embedder,
+            stream_id=window.stream_id,
+            max_objects=self.cfg.max_objects,
+            keyframe_budget=self.cfg.keyframe_budget,
+            min_area_frac=self.cfg.min_object_area,
+        )
+        self.in_flight.add(self.memory.begin.remote(source, window, sounds, wall_start))
+
+    def step(self, source: str, packet: FramePacket, force_keyframe: bool = False) -> None:
+        t0 = time.perf_counter()
+        perception = self.tracker.step(
+            packet.image, packet.t, frame_idx=packet.frame_idx, force_keyframe=force_keyframe
+        )
+        self.in_flight.add(self.memory.add.remote(source, perception, packet.image))
+        self.frames += 1
+        self.latency.time(t0)
+
+    def end(self, source: str, window: CaptureWindow) -> int | None:
+        """Close the window's episode; returns its episode id (None if it was dropped)."""
+        self.in_flight.drain()
+        self.tracker = None
+        return ray.get(self.memory.end.remote(source, window.t_end))
+
+    def stats(self) -> dict:
+        return {"frames_in": self.frames, "backpressure_waits": self.in_flight.waits, **self.latency.summary()}

@@ -1,0 +1,361 @@
+"""The ``eidetic`` command (DESIGN.md §3): ingest, events, track, query, serve, store, config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline import __version__
+from pipeline.errors import EXIT_BAD_MEDIA, EXIT_ERROR, EXIT_OK, EXIT_USAGE, ConfigError, EideticError
+
+logger = logging.getLogger("eidetic")
+
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
+store_opt = click.option("--store", "store_dir", type=click.Path(file_okay=False), help="Store directory (default ./eidetic-data).")
+
+
+class Failure(Exception):
+    """Carries an exit code and a one-line message out of a command."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _emit(doc: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(doc, default=str))
+    else:
+        human(doc)
+
+
+def _run(ctx: click.Context, fn: Callable[[], Any]) -> Any:
+    """Run ``fn``, turning known errors into a Failure with the right exit code."""
+    try:
+        return fn()
+    except EideticError as e:
+        raise Failure(e.exit_code, str(e)) from e
+    except (ValueError, KeyError) as e:
+        if ctx.obj.get("debug"):
+            traceback.print_exc()
+        raise Failure(EXIT_ERROR, f"{type(e).__name__}: {e}") from e
+
+
+def _app(store_dir: str | None, config_path: str | None):
+    from pipeline.api import Eidetic
+
+    return Eidetic(store_dir, config=config_path)
+
+
+def _progress_hook():
+    """A tqdm bar per (source, stage) on a terminal; None when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bars: dict[tuple[str, str], tqdm] = {}
+
+    def hook(source: str, stage: str, done: float, total: float) -> None:
+        key = (source, stage)
+        if key not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars.clear()
+            bars[key] = tqdm(total=round(total, 1), desc=f"{Path(source).name} [{stage}]", unit="s", file=sys.stderr, leave=False)
+        bar = bars[key]
+        bar.total = max(round(total, 1), 0.1)
+        bar.n = round(min(done, total), 1)
+        bar.refresh()
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return hook, close
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="eidetic")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Show progress logs.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """Eidetic: an episodic memory of what your cameras and microphones saw and heard."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True)
+@store_opt
+@config_opt
+@click.option("--every-frame", is_flag=True, help="Decode and process every frame, not only capture windows.")
+@json_opt
+@click.pass_context
+def ingest(ctx, sources, store_dir, config_path, every_frame, as_json) -> None:
+    """Ingest media files (or folders of them) into the store."""
+    app = _run(ctx, lambda: _app(store_dir, config_path))
+    if every_frame:
+        app.config = app.config.model_copy(update={"ingest": app.config.ingest.model_copy(update={"every_frame": True})})
+    hook, close = _progress_hook()
+    try:
+        doc = _run(ctx, lambda: app.ingest(list(sources), hook=hook))
+    finally:
+        close()
+    _emit(doc, as_json, _print_ingest)
+    if any(s["error"] for s in doc["sources"]):
+        sys.exit(EXIT_BAD_MEDIA)  # after the good inputs were ingested (DESIGN.md §3)
+
+
+def _print_ingest(doc: dict[str, Any]) -> None:
+    good = [s for s in doc["sources"] if not s["error"]]
+    for s in doc["sources"]:
+        if s["error"]:
+            click.echo(f"eidetic: error: {s['source']}: {s['error']}", err=True)
+            continue
+        click.echo(
+            f"{s['source']}: {s['duration_s'] or 0:.1f} s, {s['triggers']} triggers, {s['episodes']} episodes, "
+            f"{s['frames_processed']}/{s['frames_decoded']} frames processed/decoded, {s['wall_s']:.1f} s wall"
+        )
+    if good:
+        click.echo(f"episodes stored: {doc['episodes_total']}")
+
+
+@cli.command()
+@click.argument("media")
+@config_opt
+@json_opt
+@click.pass_context
+def events(ctx, media, config_path, as_json) -> None:
+    """Detect audio trigger events in MEDIA (no capture, no store)."""
+    app = _run(ctx, lambda: _app(None, config_path))
+    doc = _run(ctx, lambda: app.events(media))
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"{d['media']}: {d['duration_s']:.1f} s, {len(d['events'])} events")
+        for e in d["events"]:
+            click.echo(f"  {e['t_start']:8.2f} - {e['t_end']:8.2f}  {e['label']}  {e['score']:.2f}")
+        for w in d["capture_windows"]:
+            click.echo(f"  capture {w['t_start']:8.2f} - {w['t_end']:8.2f}")
+
+    _emit(doc, as_json, human)
+
+
+@cli.command()
+@click.argument("frames")
+@click.option("--first-mask", required=True, type=click.Path(dir_okay=False), help="First frame's mask PNG (0 = background).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder for mask PNGs.")
+@click.option("--preset", type=click.Choice(["quality", "fast"]), default="quality", show_default=True)
+@config_opt
+@json_opt
+@click.pass_context
+def track(ctx, frames, first_mask, out_dir, preset, config_path, as_json) -> None:
+    """Track the objects of FIRST_MASK through a frames folder or a video (DAVIS protocol)."""
+    app = _run(ctx, lambda: _app(None, config_path))
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(desc="track", unit="frame", file=sys.stderr, leave=False)
+    try:
+        doc = _run(ctx, lambda: app.track(frames, first_mask, out_dir, preset=preset, hook=(lambda n: bar.update(1)) if bar else None))
+    finally:
+        if bar is not None:
+            bar.close()
+    _emit(doc, as_json, lambda d: click.echo(
+        f"{d['frames']} frames, {d['objects']} objects, {d['fps']:.2f} fps, {d['keyframes_kept']} keyframes kept -> {out_dir}"
+    ))
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--image", type=click.Path(dir_okay=False), help="Find episodes that look like this image.")
+@click.option("--audio", type=click.Path(dir_okay=False), help="Find episodes that sound like this clip.")
+@click.option("--source", help="Only this source (as ingested).")
+@click.option("--since", help="ISO 8601 time or seconds of media time.")
+@click.option("--until", help="ISO 8601 time or seconds of media time.")
+@click.option("-k", "k", type=int, default=5, show_default=True, help="Evidence items at most.")
+@store_opt
+@json_opt
+@click.pass_context
+def query(ctx, text, image, audio, source, since, until, k, store_dir, as_json) -> None:
+    """Ask the memory a question; prints the answer and its evidence."""
+    app = _run(ctx, lambda: _app(store_dir, None))
+    doc = _run(ctx, lambda: app.query_json(text, image=image, audio=audio, source=source, since=since, until=until, k=k))
+    _emit(doc, as_json, _print_answer)
+
+
+def _print_answer(doc: dict[str, Any]) -> None:
+    from memory.episodes import format_time
+
+    click.echo(doc["answer"])
+    for ev in doc["evidence"]:
+        labels = ", ".join(ev["labels"]) or "-"
+        click.echo(
+            f"  episode {ev['episode_id']}: {format_time(ev['t_start'])}-{format_time(ev['t_end'])}  "
+            f"[{labels}]  {Path(ev['source']).name}  score {ev['score']:.2f}"
+        )
+        for kf in ev["keyframes"][:2]:
+            click.echo(f"    keyframe {kf}")
+
+
+@cli.command()
+@store_opt
+@config_opt
+@click.option("--host", default=None, help="Bind address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="TCP port (default 8765).")
+@click.pass_context
+def serve(ctx, store_dir, config_path, host, port) -> None:
+    """Serve the HTTP API and the web page."""
+    from pipeline.serve import run_server
+
+    app = _run(ctx, lambda: _app(store_dir, config_path))
+    _run(ctx, lambda: run_server(app.config, host=host, port=port))
+
+
+@cli.group()
+def store() -> None:
+    """Inspect and maintain a store."""
+
+
+def _with_store(ctx: click.Context, store_dir: str | None, fn: Callable[[Any], dict[str, Any]], *, readonly: bool) -> dict[str, Any]:
+    from memory.store import EpisodeStore
+
+    def work() -> dict[str, Any]:
+        path = _app(store_dir, None).store_path
+        if not (path / "eidetic.db").exists():
+            raise ConfigError(f"no store at {path} (pass --store DIR)")
+        with EpisodeStore(path, readonly=readonly) as st:
+            return fn(st)
+
+    return _run(ctx, work)
+
+
+def _print_doc(doc: dict[str, Any]) -> None:
+    click.echo(json.dumps(doc, indent=2, default=str))
+
+
+@store.command("stats")
+@store_opt
+@json_opt
+@click.pass_context
+def store_stats(ctx, store_dir, as_json) -> None:
+    """Counts, sizes and time span of the store."""
+    _emit(_with_store(ctx, store_dir, lambda st: st.stats(), readonly=True), as_json, _print_doc)
+
+
+@store.command("check")
+@store_opt
+@json_opt
+@click.pass_context
+def store_check(ctx, store_dir, as_json) -> None:
+    """Verify SQLite integrity, FAISS/SQLite agreement and keyframe files (exit 0 only if sound)."""
+    doc = _with_store(ctx, store_dir, lambda st: st.check(), readonly=True)
+    _emit(doc, as_json, _print_doc)
+    if not doc["ok"]:
+        sys.exit(EXIT_ERROR)
+
+
+@store.command("rebuild")
+@store_opt
+@json_opt
+@click.pass_context
+def store_rebuild(ctx, store_dir, as_json) -> None:
+    """Rebuild the vector indexes from SQLite."""
+
+    def work(st) -> dict[str, Any]:
+        st.rebuild()
+        return st.check()
+
+    _emit(_with_store(ctx, store_dir, work, readonly=False), as_json, _print_doc)
+
+
+@store.command("forget")
+@click.argument("episode_id", type=int)
+@store_opt
+@json_opt
+@click.pass_context
+def store_forget(ctx, episode_id, store_dir, as_json) -> None:
+    """Remove one episode: its row, vectors and keyframe files."""
+
+    def work(st) -> dict[str, Any]:
+        st.forget(episode_id)
+        return {"forgotten": episode_id}
+
+    _emit(_with_store(ctx, store_dir, work, readonly=False), as_json, _print_doc)
+
+
+@store.command("export")
+@click.argument("dest", type=click.Path(file_okay=False))
+@store_opt
+@json_opt
+@click.pass_context
+def store_export(ctx, dest, store_dir, as_json) -> None:
+    """Copy a consistent snapshot of the store to DEST."""
+
+    def work(st) -> dict[str, Any]:
+        st.export(Path(dest))
+        return {"exported": str(Path(dest).resolve())}
+
+    _emit(_with_store(ctx, store_dir, work, readonly=True), as_json, _print_doc)
+
+
+@cli.group()
+def config() -> None:
+    """Validate configuration."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@json_opt
+@click.pass_context
+def config_check(ctx, file, as_json) -> None:
+    """Validate FILE (unknown keys and bad values are reported with their path)."""
+    from pipeline.config import load_config
+
+    cfg = _run(ctx, lambda: load_config(file))
+    doc = {"ok": True, "file": file, "config": json.loads(cfg.model_dump_json())}
+    _emit(doc, as_json, lambda d: click.echo(f"{file}: ok"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the CLI and maps every failure to an exit code and one line."""
+    args = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in args
+    debug = "--debug" in args
+    code, message = EXIT_OK, None
+    try:
+        cli.main(args=args, prog_name="eidetic", standalone_mode=False)
+    except Failure as e:
+        code, message = e.code, str(e)
+        if debug:
+            traceback.print_exc()
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.ClickException as e:
+        code, message = EXIT_USAGE, e.format_message()
+    except click.exceptions.Abort:
+        code, message = 130, "interrupted"
+    except KeyboardInterrupt:
+        code, message = 130, "interrupted"
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - last resort: one line, traceback with --debug
+        code, message = EXIT_ERROR, f"{type(e).__name__}: {e}"
+        if debug:
+            traceback.print_exc()
+    if message is not None:
+        if as_json:
+            click.echo(json.dumps({"error": message}))
+        click.echo(f"eidetic: error: {message}", err=True)
+    sys.exit(code)
