@@ -72,7 +72,7 @@ def _open(source: str) -> av.container.InputContainer:
         return av.open(source, "r", options=options, timeout=OPEN_TIMEOUT_S)
     except av.FFmpegError as e:
         reason = getattr(e, "strerror", None) or str(e)
-        raise IngestError(source, f"not a readable media file ({reason})") from e
+        raise IngestError(source, f"not a media file FFmpeg can read ({reason})") from e
 
 
 def _origin(container: av.container.InputContainer) -> float:
