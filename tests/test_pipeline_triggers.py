@@ -1,0 +1,216 @@
+"""Tests of TriggerPolicy (START/UPDATE/END life cycle) and capture windows."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.audio.base import AudioEvent
+from models.audio.energy import EnergyDetector
+from pipeline.config import TriggerConfig
+from pipeline.errors import ConfigError
+from pipeline.triggers import TriggerPolicy, capture_windows
+from pipeline.types import AudioChunk, CaptureWindow, TriggerEvent, TriggerState
+from tests.media import tone_with_clicks
+
+SR = 16000
+START, UPDATE, END = TriggerState.START, TriggerState.UPDATE, TriggerState.END
+
+
+class ScriptedDetector:
+    """Returns scripted events: ``script[i]`` from the i-th feed, ``at_flush`` from flush()."""
+
+    sample_rate = SR
+
+    def __init__(self, script: list[list[AudioEvent]], at_flush: list[AudioEvent] | None = None):
+        self.script = list(script)
+        self.at_flush = at_flush or []
+
+    def feed(self, samples: np.ndarray, t_start: float) -> list[AudioEvent]:
+        return self.script.pop(0) if self.script else []
+
+    def flush(self) -> list[AudioEvent]:
+        return self.at_flush
+
+
+def chunk(t0: float, t1: float, stream_id: str = "cam") -> AudioChunk:
+    return AudioChunk(stream_id, t0, SR, np.zeros(int(round((t1 - t0) * SR)), dtype=np.float32))
+
+
+def chunks_of(y: np.ndarray, chunk_s: float = 0.96, stream_id: str = "cam") -> list[AudioChunk]:
+    n = int(chunk_s * SR)
+    return [AudioChunk(stream_id, i / SR, SR, y[i : i + n]) for i in range(0, y.size, n)]
+
+
+def end(
+    tid: int, t0: float, t1: float, label: str = "sound", accepted: bool = True
+) -> TriggerEvent:
+    return TriggerEvent(tid, "cam", END, label, 0.9, t1, t0, t1, accepted=accepted)
+
+
+def spans(ws: list[CaptureWindow]) -> list[tuple[float, float]]:
+    return [(round(w.t_start, 3), round(w.t_end, 3)) for w in ws]
+
+
+# ----------------------------------------------------------------------------- life cycle
+
+
+def test_energy_gate_starts_and_ends_in_the_same_feed() -> None:
+    clicks = [1.0, 3.0, 5.5, 8.0]
+    policy = TriggerPolicy("cam", EnergyDetector())
+    per_feed = [policy.feed(c) for c in chunks_of(tone_with_clicks(10.0, clicks))]
+    per_feed.append(policy.flush())
+    out = [m for msgs in per_feed for m in msgs]
+    assert [m.state for m in out] == [START, END] * len(clicks)
+    assert [m.trigger_id for m in out] == [0, 0, 1, 1, 2, 2, 3, 3]
+    for msgs in per_feed:
+        assert {m.trigger_id for m in msgs if m.state is START} == {
+            m.trigger_id for m in msgs if m.state is END
+        }
+    for m, t in zip(out[::2], clicks):
+        assert m.stream_id == "cam" and m.label == "sound" and abs(m.t - t) <= 0.1
+    assert len(policy.events) == len(clicks)
+    # bursts at 1 and 3 s: padded spans [0, ~2.15] and [2, ~4.15] merge; the others stay apart
+    ws = policy.windows(10.0)
+    assert len(ws) == 3 and ws[0].t_start == 0.0 and ws[0].trigger_ids == (0, 1)
+    assert [w.trigger_ids for w in ws[1:]] == [(2,), (3,)]
+    assert ws[2].t_end <= 10.0 and ws[1].labels == ("sound",)
+
+
+def test_update_when_a_better_sound_joins_then_end_after_merge_gap() -> None:
+    det = ScriptedDetector(
+        [
+            [AudioEvent("sound", 0.5, 1.0, 1.2)],
+            [AudioEvent("knock", 0.9, 1.4, 1.6)],  # 0.2 s later: same trigger, better score
+            [AudioEvent("sound", 0.3, 1.7, 1.8)],  # same trigger, worse: no message
+            [],
+            [AudioEvent("sound", 0.4, 3.0, 3.1)],
+        ]
+    )
+    policy = TriggerPolicy("cam", det, merge_gap_s=0.4)
+    got = [policy.feed(c) for c in (chunk(0, 1.3), chunk(1.3, 1.65), chunk(1.65, 1.9))]
+    assert [[m.state for m in msgs] for msgs in got] == [[START], [UPDATE], []]
+    assert (got[1][0].label, got[1][0].score, got[1][0].t) == ("knock", 0.9, 1.4)
+    (ended,) = policy.feed(chunk(1.9, 2.3))  # 2.3 >= 1.8 + 0.4: the trigger is over
+    assert ended.state is END and ended.accepted and ended.trigger_id == 0
+    assert (ended.label, ended.score, ended.t_start, ended.t_end) == ("knock", 0.9, 1.0, 1.8)
+    assert [m.state for m in policy.feed(chunk(2.3, 3.2))] == [START]
+    (last,) = policy.flush()
+    assert (last.state, last.trigger_id, last.t_end) == (END, 1, 3.1)
+    assert len(policy.events) == 4  # every sound is remembered, merged or not
+    assert spans(policy.windows()) == [(0.0, 4.1)]  # [0, 2.8] and [2.0, 4.1] overlap
+
+
+def test_flush_reports_the_detectors_last_sound() -> None:
+    last_sound = AudioEvent("sound", 0.7, 4.0, 4.5)
+    policy = TriggerPolicy("cam", ScriptedDetector([], at_flush=[last_sound]))
+    assert policy.feed(chunk(0, 4.6)) == []
+    msgs = policy.flush()
+    assert [m.state for m in msgs] == [START, END] and msgs[1].t_end == 4.5
+
+
+def test_chunk_of_another_stream_or_rate_is_refused() -> None:
+    policy = TriggerPolicy("cam", ScriptedDetector([]))
+    with pytest.raises(ValueError, match="'door'"):
+        policy.feed(chunk(0, 1, stream_id="door"))
+    with pytest.raises(ValueError, match="44100"):
+        policy.feed(AudioChunk("cam", 0.0, 44100, np.zeros(441, dtype=np.float32)))
+    with pytest.raises(ConfigError, match="-1"):
+        TriggerPolicy("cam", ScriptedDetector([]), pre_roll_s=-1)
+
+
+def test_from_config_builds_the_energy_gate() -> None:
+    cfg = TriggerConfig(
+        k_mad=3.0, min_rise_db=6.0, floor_dbfs=-60.0, background_s=2.0, min_event_s=0.1,
+        merge_gap_s=0.3, pre_roll_s=0.5, post_roll_s=2.0, max_window_s=10.0,
+    )  # fmt: skip
+    policy = TriggerPolicy.from_config("cam", cfg)
+    det = policy.detector
+    assert isinstance(det, EnergyDetector)
+    assert (det.k_mad, det.min_rise_db, det.floor_dbfs) == (3.0, 6.0, -60.0)
+    assert (det.background_s, det.min_event_s, det.merge_gap_s) == (2.0, 0.1, 0.3)
+    assert (policy.pre_roll_s, policy.post_roll_s) == (0.5, 2.0)
+    assert (policy.max_window_s, policy.merge_gap_s, policy.stream_id) == (10.0, 0.3, "cam")
+
+
+def test_module_imports_neither_ray_nor_librosa() -> None:
+    code = "import sys, pipeline.triggers; print(sorted({'ray', 'librosa'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def windows(evs: list[TriggerEvent], **kw) -> list[CaptureWindow]:
+    args = {"stream_id": "cam", "pre_roll_s": 1.0, "post_roll_s": 1.0, "max_window_s": 20.0, **kw}
+    return capture_windows(evs, **args)
+
+
+def test_windows_merge_overlapping_and_touching_spans() -> None:
+    evs = [end(0, 2, 3, "knock"), end(1, 4.5, 5, "glass"), end(2, 8, 8.5)]
+    evs.append(end(3, 10.5, 11, "knock"))
+    ws = windows(list(reversed(evs)))  # input order does not matter
+    assert spans(ws) == [(1.0, 6.0), (7.0, 12.0)]  # [7, 9.5] and [9.5, 12] touch
+    assert (ws[0].labels, ws[0].trigger_ids) == (("knock", "glass"), (0, 1))
+    assert (ws[1].labels, ws[1].trigger_ids) == (("sound", "knock"), (2, 3))
+    assert all(w.stream_id == "cam" for w in ws)
+
+
+def test_windows_clipped_to_media_and_only_accepted_ends() -> None:
+    evs = [
+        end(0, 0.3, 0.5),
+        end(1, 5.0, 5.5, accepted=False),  # rejected: its window is dropped
+        TriggerEvent(2, "cam", START, "sound", 0.5, 6.0, 6.0, 6.2),  # not an END
+        end(3, 9.5, 9.9),
+        end(4, 12.0, 12.5),  # starts after the end of the media
+    ]
+    assert spans(windows(evs, duration_s=10.0)) == [(0.0, 1.5), (8.5, 10.0)]
+    assert spans(windows(evs)) == [(0.0, 1.5), (8.5, 10.9), (11.0, 13.5)]
+    assert windows([]) == []
+
+
+def test_long_windows_are_split_evenly() -> None:
+    ws = windows([end(0, 0.0, 50.0)], pre_roll_s=0.0, post_roll_s=0.0)
+    assert len(ws) == 3
+    assert ws[0].t_start == 0.0 and ws[-1].t_end == 50.0
+    assert all(a.t_end == pytest.approx(b.t_start) for a, b in zip(ws, ws[1:]))
+    assert all(w.t_end - w.t_start <= 20.0 + 1e-9 for w in ws)
+    assert all(w.trigger_ids == (0,) for w in ws)
+    # two sounds in one 31 s window: each half names only the sounds it holds
+    ws = windows([end(0, 1.0, 10.0, "knock"), end(1, 10.5, 30.0, "glass")])
+    assert spans(ws) == [(0.0, 15.5), (15.5, 31.0)]
+    assert [w.trigger_ids for w in ws] == [(0, 1), (1,)]
+    assert [w.labels for w in ws] == [("knock", "glass"), ("glass",)]
+
+
+# ----------------------------------------------------------------------------- real sounds
+
+
+def test_esc50_sounds_are_captured(shared_data: Path, rng: np.random.Generator) -> None:
+    import soundfile as sf
+
+    root = shared_data / "esc50"
+    with open(root / "meta" / "esc50.csv", newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: r["filename"])
+    mix = (rng.standard_normal(30 * SR) * 10 ** (-50 / 20)).astype(np.float32)
+    placed = {"door_wood_knock": 3.0, "glass_breaking": 20.0}
+    for category, offset in placed.items():
+        name = next(r["filename"] for r in rows if r["category"] == category)
+        y, _ = sf.read(root / "audio" / Path(name).with_suffix(".flac"), dtype="float32")
+        mix[int(offset * SR) : int(offset * SR) + y.size] += y
+    policy = TriggerPolicy("cam", EnergyDetector())
+    msgs = [m for c in chunks_of(mix) for m in policy.feed(c)] + policy.flush()
+    starts = [m.t for m in msgs if m.state is START]
+    assert len(starts) == sum(m.state is END for m in msgs) >= 2
+    for offset in placed.values():  # each clip triggers, and nothing else does
+        assert any(offset <= t <= offset + 5.0 for t in starts), (offset, starts)
+    assert all(any(o <= t <= o + 5.0 for o in placed.values()) for t in starts), starts
+    ws = policy.windows(30.0)
+    captured = sum(w.t_end - w.t_start for w in ws)
+    assert 2.0 < captured < 12.0  # the quiet 20 s between the sounds are not captured
