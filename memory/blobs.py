@@ -1,0 +1,132 @@
+"""Keyframe files of the store: atomic JPEG writes, cheap integrity checks, disk usage."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from memory.errors import ParameterError
+from memory.index import FILE_MODE
+
+logger = logging.getLogger(__name__)
+
+KEYFRAME_DIR = "keyframes"
+JPEG_SOI = b"\xff\xd8"
+JPEG_EOI = b"\xff\xd9"
+
+
+def keyframe_relpath(episode_id: int, n: int) -> str:
+    """``keyframes/<episode_id>/<n>.jpg`` (POSIX separators, relative to the store dir)."""
+    return f"{KEYFRAME_DIR}/{int(episode_id)}/{int(n)}.jpg"
+
+
+def encode_jpeg(image: np.ndarray, *, quality: int) -> bytes:
+    """JPEG bytes of ``image``: ``uint8[H, W, 3]`` RGB or ``uint8[H, W]`` grey (never mutated)."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
+        image.ndim == 3 and image.shape[2] != 3
+    ):
+        raise ParameterError(
+            f"keyframe images must be uint8[H, W, 3] RGB or uint8[H, W], got {image.dtype}"
+            f"{list(image.shape)}; convert with np.asarray(img, np.uint8)"
+        )
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (creates, renames) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, fsync: bool) -> None:
+    """Write ``data`` to a temp file beside ``path`` and rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600; the HTTP server may be another user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_keyframes(
+    root: Path, episode_id: int, images: list[np.ndarray], *, quality: int, fsync: bool
+) -> list[str]:
+    """Write ``images`` as ``keyframes/<episode_id>/<n>.jpg``; returns the relative paths.
+
+    A directory left by an earlier, uncommitted attempt at the same id is replaced.
+    """
+    ep_dir = root / KEYFRAME_DIR / str(int(episode_id))
+    if ep_dir.exists():
+        shutil.rmtree(ep_dir)
+    rel = []
+    for n, image in enumerate(images):
+        rel.append(keyframe_relpath(episode_id, n))
+        write_atomic(root / rel[-1], encode_jpeg(image, quality=quality), fsync=fsync)
+    if images and fsync:
+        fsync_dir(ep_dir)
+        fsync_dir(ep_dir.parent)
+    return rel
+
+
+def remove_keyframes(root: Path, episode_id: int) -> None:
+    """Delete ``keyframes/<episode_id>/`` (no error when absent)."""
+    shutil.rmtree(root / KEYFRAME_DIR / str(int(episode_id)), ignore_errors=True)
+
+
+def jpeg_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole JPEG (missing, empty, no SOI/EOI marker), or None if it is."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(max(0, size - 64))
+            tail = f.read().rstrip(b"\x00")
+    except FileNotFoundError:
+        return f"keyframe missing: {path}"
+    except OSError as e:
+        return f"keyframe unreadable: {path}: {e}"
+    if size == 0 or head != JPEG_SOI or not tail.endswith(JPEG_EOI):
+        return f"keyframe corrupt (not a whole JPEG, {size} bytes): {path}"
+    return None
+
+
+def orphan_dirs(root: Path, known_ids: set[int]) -> list[Path]:
+    """Keyframe directories whose episode is not in SQLite (left by a crash before commit)."""
+    base = root / KEYFRAME_DIR
+    if not base.is_dir():
+        return []
+    dirs = (p for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+    return [p for p in dirs if int(p.name) not in known_ids]
+
+
+def disk_bytes(root: Path) -> int:
+    """Total size of the files under ``root``."""
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total

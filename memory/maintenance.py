@@ -1,0 +1,194 @@
+"""Store upkeep: the writer lock, crash leftovers, ``stats``, ``check`` and ``export``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memory import blobs
+from memory.errors import ParameterError, StoreLocked
+from memory.indexes import MODALITIES
+from memory.schema import DB_NAME, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from memory.store import EpisodeStore
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".writer.lock"
+MAX_REPORTED = 50  # problems listed per kind before "... and N more"
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``<store>/.writer.lock`` held while a writer is open."""
+
+    def __init__(self, root: Path) -> None:
+        import fcntl
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = root / LOCK_NAME
+        self._f = open(self.path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+        try:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.seek(0)
+            holder = self._f.read().strip() or "?"
+            self._f.close()
+            raise StoreLocked(
+                f"store {root} is already open for writing (pid {holder}); stop that writer or "
+                "open the store with readonly=True"
+            ) from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(f"{os.getpid()}\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        """Release the lock (closing the file releases the flock)."""
+        if not self._f.closed:
+            self._f.close()
+
+
+def acquire_writer_lock(root: Path) -> WriterLock:
+    """Take the store's writer lock or raise ``StoreLocked``."""
+    return WriterLock(root)
+
+
+def remove_orphans(store: EpisodeStore, *, all_ids: bool = False) -> list[Path]:
+    """Delete keyframe dirs without an episode row (a crash between the JPEGs and the commit).
+
+    By default only ids from ``next_episode_id`` on are probed (cheap, done on every open).
+    ``all_ids=True`` scans every directory (done by ``EpisodeStore.rebuild``): it also finds what
+    a ``forget`` interrupted between its commit and the file deletion left behind.
+    """
+    root = store.path
+    if all_ids:
+        known = {int(r[0]) for r in store._conn.execute("SELECT id FROM episodes")}
+        orphans = blobs.orphan_dirs(root, known)
+    else:
+        orphans, i = [], store._next_id
+        while (root / blobs.KEYFRAME_DIR / str(i)).is_dir():
+            orphans.append(root / blobs.KEYFRAME_DIR / str(i))
+            i += 1
+    for path in orphans:
+        logger.warning("removing orphan keyframe directory %s (no episode row)", path)
+        shutil.rmtree(path, ignore_errors=True)
+    for tmp in (root / "index").glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return orphans
+
+
+def _count(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> int:
+    return int(conn.execute(sql, params).fetchone()[0])
+
+
+def stats(store: EpisodeStore) -> dict[str, Any]:
+    """``{"path", "schema_version", "episodes", "vectors": {modality: n}, "dims", "sounds",
+    "sources": {source: episodes}, "bytes", "time_span": {"t_start", "t_end", "wall_start",
+    "wall_end"}}`` (times: media seconds / UTC epoch seconds; None when empty)."""
+    conn = store._conn
+    span = conn.execute(
+        "SELECT MIN(t_start), MAX(t_end), MIN(wall_start), MAX(wall_start + t_end - t_start) "
+        "FROM episodes"
+    ).fetchone()
+    sources = conn.execute("SELECT source, COUNT(*) FROM episodes GROUP BY source ORDER BY source")
+    return {
+        "path": str(store.path),
+        "schema_version": SCHEMA_VERSION,
+        "episodes": _count(conn, "SELECT COUNT(*) FROM episodes"),
+        "vectors": {m: store._ix.sqlite_count(m) for m in MODALITIES},
+        "dims": {m: store._ix.dim(m) for m in MODALITIES},
+        "sounds": _count(conn, "SELECT COUNT(*) FROM sounds"),
+        "sources": {r[0]: int(r[1]) for r in sources},
+        "bytes": blobs.disk_bytes(store.path),
+        "time_span": dict(zip(("t_start", "t_end", "wall_start", "wall_end"), tuple(span))),
+    }
+
+
+def _capped(kind: str, items: list[str]) -> list[str]:
+    extra = len(items) - MAX_REPORTED
+    return items[:MAX_REPORTED] + ([f"... and {extra} more {kind}"] if extra > 0 else [])
+
+
+def _sqlite_problems(conn: sqlite3.Connection) -> list[str]:
+    rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+    problems = [] if rows == ["ok"] else [f"sqlite integrity_check: {r}" for r in rows]
+    n_eps = _count(conn, "SELECT COUNT(*) FROM episodes")
+    n_fts = _count(conn, "SELECT COUNT(*) FROM episodes_fts")
+    if n_fts != n_eps:
+        problems.append(f"full-text index has {n_fts} rows for {n_eps} episodes")
+    dangling = _count(conn, "SELECT COUNT(*) FROM vectors WHERE episode_id NOT IN "
+                            "(SELECT id FROM episodes)")  # fmt: skip
+    if dangling:
+        problems.append(f"{dangling} vector rows belong to no episode")
+    for modality, n_dims in conn.execute(
+        "SELECT modality, COUNT(DISTINCT dim) FROM vectors GROUP BY modality"
+    ):
+        if n_dims > 1:
+            problems.append(f"{modality} vectors have {n_dims} different dims")
+    return problems
+
+
+def check(store: EpisodeStore) -> dict[str, Any]:
+    """Verify the store: SQLite integrity, FAISS files == SQLite vectors, keyframe files.
+
+    Returns ``{"ok": bool, "episodes": N, "vectors": N, "problems": [str, ...]}`` where
+    ``vectors`` counts the vectors of every modality (SQLite, the source of truth).
+    """
+    conn = store._conn
+    try:
+        problems = _sqlite_problems(conn)
+        n_eps = _count(conn, "SELECT COUNT(*) FROM episodes")
+        n_vec = _count(conn, "SELECT COUNT(*) FROM vectors")
+        for modality in MODALITIES:
+            problems += store._ix.problems(modality)
+        bad_kf = []
+        for episode_id, keyframes in conn.execute("SELECT id, keyframes FROM episodes"):
+            for rel in json.loads(keyframes):
+                if (why := blobs.jpeg_problem(store.path / rel)) is not None:
+                    bad_kf.append(f"episode {episode_id}: {why}")
+        problems += _capped("keyframe problems", bad_kf)
+        known = {int(r[0]) for r in conn.execute("SELECT id FROM episodes")}
+        orphans = [f"orphan keyframe directory (run rebuild): {p}"
+                   for p in blobs.orphan_dirs(store.path, known)]  # fmt: skip
+        problems += _capped("orphans", orphans)
+    except sqlite3.DatabaseError as e:
+        return {"ok": False, "episodes": 0, "vectors": 0, "problems": [f"sqlite: {e}"]}
+    return {"ok": not problems, "episodes": n_eps, "vectors": n_vec, "problems": problems}
+
+
+def export(store: EpisodeStore, dst: Path) -> Path:
+    """Write a consistent copy of ``store`` to the new or empty directory ``dst``.
+
+    SQLite is copied with the online backup API (a snapshot), then the keyframes that snapshot
+    references; the FAISS indexes are rebuilt in ``dst`` from the snapshot. Returns ``dst``.
+    """
+    from memory.store import EpisodeStore
+
+    dst = dst.resolve()
+    if dst == store.path or (dst.exists() and any(dst.iterdir())):
+        raise ParameterError(f"export target {dst} is not empty; choose a new directory")
+    dst.mkdir(parents=True, exist_ok=True)
+    snap = sqlite3.connect(dst / DB_NAME)
+    try:
+        store._conn.backup(snap)
+        rows = snap.execute("SELECT keyframes FROM episodes").fetchall()
+    finally:
+        snap.close()
+    for (keyframes,) in rows:
+        for rel in json.loads(keyframes):
+            src = store.path / rel
+            if src.exists():
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst / rel)
+            else:
+                logger.warning("export: keyframe %s is missing; the copy lacks it too", src)
+    with EpisodeStore(dst):  # opening as writer builds the indexes from SQLite
+        pass
+    logger.info("exported %s to %s (%d episodes)", store.path, dst, len(rows))
+    return dst

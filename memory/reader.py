@@ -1,0 +1,276 @@
+"""Read side of the store: episode lookups, listings, the sound log, text and vector search."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from memory.errors import EpisodeNotFound, ParameterError
+from memory.indexes import IndexSet, check_modality
+from memory.schema import FTS_WEIGHTS, blob_vector, row_episode
+from memory.text import fts_expression, tokenize
+from memory.types import Episode, SoundRecord
+
+logger = logging.getLogger(__name__)
+
+OVERFETCH = 4  # search_vectors fetches k * OVERFETCH neighbours (then x4 ...) before SQL filters
+BM25 = f"bm25(episodes_fts, {', '.join(map(str, FTS_WEIGHTS))})"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedSound:
+    """One row of the audio event log: a sound heard on ``source`` (maybe in an episode)."""
+
+    sound_id: int
+    source: str
+    sound: SoundRecord
+    episode_id: int | None = None
+
+
+def where_sql(
+    *,
+    source: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    wall_since: float | None = None,
+    wall_until: float | None = None,
+    labels: Sequence[str] | None = None,
+) -> tuple[str, list[Any]]:
+    """SQL conditions on the alias ``e`` (episodes) and their parameters.
+
+    since/until (media s) and wall_since/wall_until (UTC epoch s) keep the episodes whose span
+    overlaps the range (a wall filter drops episodes without ``wall_start``); labels: any of them.
+    """
+    conds, params = ["1"], []
+    for cond, value in (
+        ("e.source = ?", source),
+        ("e.t_end >= ?", since),
+        ("e.t_start <= ?", until),
+        ("e.wall_start + (e.t_end - e.t_start) >= ?", wall_since),
+        ("e.wall_start <= ?", wall_until),
+    ):
+        if value is not None:
+            conds.append(cond)
+            params.append(value)
+    if labels:
+        conds.append("EXISTS (SELECT 1 FROM json_each(e.labels) WHERE value IN "
+                     "(SELECT value FROM json_each(?)))")  # fmt: skip
+        params.append(json.dumps(list(labels)))
+    return " AND ".join(conds), params
+
+
+def _ids_json(ids: Sequence[int]) -> str:
+    return json.dumps([int(i) for i in ids])
+
+
+class StoreReader:
+    """Queries over an open store; :class:`memory.store.EpisodeStore` adds writes and upkeep.
+
+    Subclasses set ``path``, ``_conn`` (SQLite), ``_lock`` (serialises the connection) and ``_ix``.
+    Filter keywords (``source``, ``since``, ``until``, ``wall_since``, ``wall_until``,
+    ``labels``) mean the same everywhere: see :func:`where_sql`.
+    """
+
+    path: Path
+    _conn: sqlite3.Connection
+    _lock: threading.RLock
+    _ix: IndexSet
+
+    def _vectors(self, ids: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
+        out: dict[int, dict[str, np.ndarray]] = {}
+        sql = (
+            "SELECT episode_id, modality, data FROM vectors "
+            "WHERE episode_id IN (SELECT value FROM json_each(?))"
+        )
+        for r in self._conn.execute(sql, (_ids_json(ids),)):
+            out.setdefault(int(r[0]), {})[r[1]] = blob_vector(r[2])
+        return out
+
+    def get(self, episode_id: int, *, vectors: bool = True) -> Episode:
+        """The stored episode ``episode_id`` (with its vectors); raises ``EpisodeNotFound``."""
+        got = self.get_many([episode_id], vectors=vectors)
+        if not got:
+            raise EpisodeNotFound(episode_id, str(self.path))
+        return got[0]
+
+    def get_many(self, ids: Sequence[int], *, vectors: bool = False) -> list[Episode]:
+        """The stored episodes among ``ids``, in the order given (unknown ids are skipped)."""
+        sql = "SELECT * FROM episodes WHERE id IN (SELECT value FROM json_each(?))"
+        with self._lock:
+            rows = {int(r["id"]): r for r in self._conn.execute(sql, (_ids_json(ids),))}
+            vecs = self._vectors(list(rows)) if vectors else {}
+        return [row_episode(rows[i], vecs.get(i)) for i in map(int, ids) if i in rows]
+
+    def episodes(
+        self,
+        *,
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        wall_since: float | None = None,
+        wall_until: float | None = None,
+        labels: Sequence[str] | None = None,
+        limit: int = 100,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> list[Episode]:
+        """Episodes passing the filters, by start (``wall_start`` when known, else ``t_start``).
+
+        Vectors are not loaded (use :meth:`get`).
+        """
+        if order not in ("asc", "desc"):
+            raise ParameterError(f"order must be 'asc' or 'desc', got {order!r}")
+        where, params = where_sql(
+            source=source, since=since, until=until,
+            wall_since=wall_since, wall_until=wall_until, labels=labels,
+        )  # fmt: skip
+        sql = (
+            f"SELECT * FROM episodes e WHERE {where} "
+            f"ORDER BY COALESCE(e.wall_start, e.t_start) {order}, e.id {order} LIMIT ?"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (*params, int(limit))).fetchall()
+        return [row_episode(r) for r in rows]
+
+    def sounds(
+        self,
+        *,
+        source: str | None = None,
+        label: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[LoggedSound]:
+        """The audio event log, oldest first; since/until keep sounds overlapping the range."""
+        conds, params = ["1"], []
+        for cond, value in (
+            ("source = ?", source),
+            ("label = ?", label),
+            ("t_end >= ?", since),
+            ("t_start <= ?", until),
+        ):
+            if value is not None:
+                conds.append(cond)
+                params.append(value)
+        sql = f"SELECT * FROM sounds WHERE {' AND '.join(conds)} ORDER BY t_start, id LIMIT ?"
+        with self._lock:
+            rows = self._conn.execute(sql, (*params, int(limit))).fetchall()
+        return [
+            LoggedSound(
+                sound_id=int(r["id"]),
+                source=r["source"],
+                sound=SoundRecord(r["label"], float(r["score"]), float(r["t_start"]),
+                                  float(r["t_end"])),  # fmt: skip
+                episode_id=r["episode_id"],
+            )
+            for r in rows
+        ]
+
+    def search_text(
+        self,
+        text: str,
+        *,
+        k: int = 10,
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        wall_since: float | None = None,
+        wall_until: float | None = None,
+        labels: Sequence[str] | None = None,
+        match: Literal["any", "all"] = "any",
+    ) -> list[tuple[int, float]]:
+        """Full-text search (FTS5 bm25 over summary, labels, source), best first.
+
+        Words match as prefixes after normalisation (``glass_breaking`` ~ "glass broke"); any user
+        text is safe (every term is quoted). ``match="all"`` requires every word.
+        Returns ``(episode_id, score)``, score = -bm25 (higher is better).
+        """
+        if match not in ("any", "all"):
+            raise ParameterError(f"match must be 'any' or 'all', got {match!r}")
+        expr = fts_expression(tokenize(text), match=match)
+        if expr is None:
+            return []
+        where, params = where_sql(
+            source=source, since=since, until=until,
+            wall_since=wall_since, wall_until=wall_until, labels=labels,
+        )  # fmt: skip
+        sql = (
+            f"SELECT e.id, {BM25} AS r FROM episodes_fts "
+            "JOIN episodes e ON e.id = episodes_fts.rowid "
+            f"WHERE episodes_fts MATCH ? AND {where} ORDER BY r, e.id LIMIT ?"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (expr, *params, int(k))).fetchall()
+        return [(int(r[0]), -float(r[1])) for r in rows]
+
+    def search_vectors(
+        self,
+        modality: str,
+        x: np.ndarray,
+        *,
+        k: int = 10,
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        wall_since: float | None = None,
+        wall_until: float | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> list[tuple[int, float]]:
+        """Nearest episodes to an example vector, filtered like :meth:`episodes`.
+
+        FAISS is asked for ``k * OVERFETCH`` neighbours, then more, until ``k`` pass the filters.
+
+        Parameters
+        ----------
+        modality : {"visual", "audio"}
+            Which index to search.
+        x : ndarray
+            ``float32[d]`` query, L2-normalised like the stored vectors.
+        k : int
+            Maximum number of results.
+
+        Returns
+        -------
+        list of (int, float)
+            ``(episode_id, inner product)``, best first.
+
+        Raises
+        ------
+        IndexMismatch
+            ``d`` is not the dimension of the store's ``modality`` vectors.
+        """
+        check_modality(modality)
+        if int(k) < 1:
+            raise ParameterError(f"k must be >= 1, got {k!r}")
+        where = where_sql(source=source, since=since, until=until,
+                          wall_since=wall_since, wall_until=wall_until, labels=labels)  # fmt: skip
+        xq = np.asarray(x, dtype=np.float32).reshape(1, -1)
+        with self._lock:
+            index = self._ix.get(modality)
+            if index is None or index.ntotal == 0:
+                return []
+            fetch = int(k) * OVERFETCH
+            while True:
+                D, I = index.search(xq, min(fetch, index.ntotal))
+                found = [(int(i), float(d)) for i, d in zip(I[0], D[0]) if i >= 0]
+                allowed = self._filter_ids([i for i, _ in found], where)
+                hits = [(i, d) for i, d in found if i in allowed]
+                if len(hits) >= k or fetch >= index.ntotal:
+                    return hits[: int(k)]
+                fetch *= OVERFETCH
+
+    def _filter_ids(self, ids: list[int], where: tuple[str, list[Any]]) -> set[int]:
+        """The ids that exist in SQLite and pass ``where`` (from :func:`where_sql`)."""
+        cond, params = where
+        sql = (
+            "SELECT e.id FROM episodes e WHERE e.id IN (SELECT value FROM json_each(?)) "
+            f"AND {cond}"
+        )
+        return {int(r[0]) for r in self._conn.execute(sql, (_ids_json(ids), *params))}

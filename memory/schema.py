@@ -1,0 +1,255 @@
+"""The store's SQLite schema (version 1), connection setup, and Episode ↔ row codecs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memory.errors import SchemaError, StoreLocked
+from memory.text import FTS_TOKENIZER, normalize_label
+from memory.types import Episode, ObjectRecord, SoundRecord
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_NAME = "eidetic.db"
+BUSY_TIMEOUT_MS = 10_000
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS episodes (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    t_start REAL NOT NULL,
+    t_end REAL NOT NULL,
+    wall_start REAL,
+    labels TEXT NOT NULL DEFAULT '[]',
+    summary TEXT NOT NULL DEFAULT '',
+    objects TEXT NOT NULL DEFAULT '[]',
+    sounds TEXT NOT NULL DEFAULT '[]',
+    keyframes TEXT NOT NULL DEFAULT '[]',
+    keyframe_times TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS episodes_source_t ON episodes (source, t_start);
+CREATE INDEX IF NOT EXISTS episodes_t ON episodes (t_start);
+CREATE INDEX IF NOT EXISTS episodes_wall ON episodes (wall_start);
+CREATE TABLE IF NOT EXISTS vectors (
+    episode_id INTEGER NOT NULL REFERENCES episodes (id) ON DELETE CASCADE,
+    modality TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (episode_id, modality)
+);
+CREATE INDEX IF NOT EXISTS vectors_modality ON vectors (modality, episode_id);
+CREATE TABLE IF NOT EXISTS sounds (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    label TEXT NOT NULL,
+    score REAL NOT NULL,
+    t_start REAL NOT NULL,
+    t_end REAL NOT NULL,
+    episode_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS sounds_source_t ON sounds (source, t_start);
+CREATE INDEX IF NOT EXISTS sounds_label ON sounds (label, t_start);
+CREATE INDEX IF NOT EXISTS sounds_episode ON sounds (episode_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS episodes_fts USING fts5 (
+    summary, labels, source, tokenize = '{FTS_TOKENIZER}'
+);
+"""
+FTS_WEIGHTS = (1.0, 4.0, 0.5)  # bm25 column weights: summary, labels, source
+
+
+def connect(db_path: Path, *, readonly: bool, synchronous: str) -> sqlite3.Connection:
+    """Open ``db_path`` in autocommit mode (explicit ``BEGIN``), WAL, with a busy timeout.
+
+    A read-only connection uses the ``file:...?mode=ro`` URI and never writes the file.
+    """
+    if readonly:
+        if not db_path.exists():
+            raise SchemaError(f"no Eidetic store at {db_path.parent} (no {DB_NAME}); check --store")
+        uri = f"{db_path.resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not readonly:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            conn.close()
+            msg = f"cannot switch {db_path} to WAL: {e}; is another writer open?"
+            raise StoreLocked(msg) from e
+        if mode.lower() != "wal":
+            logger.warning("journal_mode is %s, not wal, for %s", mode, db_path)
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+    return conn
+
+
+def init_schema(conn: sqlite3.Connection, *, readonly: bool) -> int:
+    """Create the tables (writer) or check them (reader); returns the schema version."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if not has_meta and readonly:
+        raise SchemaError("the store has no schema yet; open it once without readonly=True")
+    if not has_meta:
+        with transaction(conn):
+            for stmt in DDL.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)",
+                (repr(time.time()),),
+            )
+        logger.info("created store schema v%d", SCHEMA_VERSION)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = int(row[0]) if row else 0
+    if version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"store schema version {version} is not supported by this eidetic (knows "
+            f"{SCHEMA_VERSION}); use a matching eidetic version or export/re-ingest the store"
+        )
+    return version
+
+
+class transaction:
+    """``with transaction(conn):`` → ``BEGIN IMMEDIATE`` … ``COMMIT`` (or ``ROLLBACK``)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise StoreLocked(f"database is busy: {e}; another process holds a write lock") from e
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.conn.execute("ROLLBACK")
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+
+def get_meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else default
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, str(value)),
+    )
+
+
+# --- codecs -----------------------------------------------------------------------------------
+
+
+def vector_blob(x: np.ndarray) -> bytes:
+    """``float32[d]`` little-endian bytes."""
+    return np.ascontiguousarray(x, dtype="<f4").reshape(-1).tobytes()
+
+
+def blob_vector(data: bytes) -> np.ndarray:
+    """Inverse of :func:`vector_blob` (a writable copy)."""
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+def _object_json(o: ObjectRecord) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "track_id": int(o.track_id),
+        "label": o.label,
+        "t_first": float(o.t_first),
+        "t_last": float(o.t_last),
+        "n_frames": int(o.n_frames),
+        "bbox": [float(v) for v in o.bbox],
+    }
+    if o.descriptor is not None:
+        d["descriptor_f32_b64"] = base64.b64encode(vector_blob(o.descriptor)).decode("ascii")
+    return d
+
+
+def _object_record(d: dict[str, Any]) -> ObjectRecord:
+    desc = d.get("descriptor_f32_b64")
+    return ObjectRecord(
+        track_id=int(d["track_id"]),
+        label=str(d["label"]),
+        t_first=float(d["t_first"]),
+        t_last=float(d["t_last"]),
+        n_frames=int(d["n_frames"]),
+        bbox=tuple(float(v) for v in d["bbox"]),  # type: ignore[arg-type]
+        descriptor=blob_vector(base64.b64decode(desc)) if desc else None,
+    )
+
+
+def sound_json(s: SoundRecord) -> dict[str, Any]:
+    return {"label": s.label, "score": float(s.score), "t_start": float(s.t_start),
+            "t_end": float(s.t_end)}  # fmt: skip
+
+
+def episode_row(ep: Episode, episode_id: int, keyframes: list[str]) -> dict[str, Any]:
+    """Column values of the ``episodes`` row for ``ep`` (keyframes: store-relative paths)."""
+    return {
+        "id": episode_id,
+        "source": ep.source,
+        "t_start": float(ep.t_start),
+        "t_end": float(ep.t_end),
+        "wall_start": None if ep.wall_start is None else float(ep.wall_start),
+        "labels": json.dumps(list(ep.labels)),
+        "summary": ep.summary,
+        "objects": json.dumps([_object_json(o) for o in ep.objects]),
+        "sounds": json.dumps([sound_json(s) for s in ep.sounds]),
+        "keyframes": json.dumps(keyframes),
+        "keyframe_times": json.dumps([float(t) for t in ep.keyframe_times]),
+        "created_at": time.time(),
+    }
+
+
+def fts_row(ep: Episode, episode_id: int) -> tuple[int, str, str, str]:
+    """``(rowid, summary, labels, source)`` for ``episodes_fts`` (labels split into words)."""
+    labels = " ".join(normalize_label(x) for x in (*ep.labels, *(o.label for o in ep.objects)))
+    return episode_id, ep.summary, labels, normalize_label(ep.source)
+
+
+def row_episode(row: sqlite3.Row, vectors: dict[str, np.ndarray] | None = None) -> Episode:
+    """Build the stored Episode from an ``episodes`` row (+ its vectors by modality)."""
+    vectors = vectors or {}
+    return Episode(
+        source=row["source"],
+        t_start=float(row["t_start"]),
+        t_end=float(row["t_end"]),
+        labels=tuple(json.loads(row["labels"])),
+        summary=row["summary"],
+        sounds=tuple(SoundRecord(**d) for d in json.loads(row["sounds"])),
+        objects=tuple(_object_record(d) for d in json.loads(row["objects"])),
+        keyframes=tuple(json.loads(row["keyframes"])),
+        keyframe_times=tuple(float(t) for t in json.loads(row["keyframe_times"])),
+        wall_start=row["wall_start"],
+        visual=vectors.get("visual"),
+        audio=vectors.get("audio"),
+        episode_id=int(row["id"]),
+    )

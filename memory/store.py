@@ -1,0 +1,339 @@
+"""EpisodeStore: a directory holding SQLite (source of truth), FAISS indexes and keyframe JPEGs.
+
+Layout::
+
+    <store>/eidetic.db                  SQLite, WAL (schema: memory/schema.py)
+    <store>/index/<modality>.faiss      one FAISS IDMap2 index per modality ("visual", "audio")
+    <store>/keyframes/<episode_id>/<n>.jpg
+
+Durability. ``synchronous=FULL`` (the default) fsyncs the WAL at every commit, and keyframe JPEGs
+are fsynced before the commit that references them: an ``add`` that returned survives ``kill -9``
+*and* power loss. With ``synchronous="NORMAL"`` an acknowledged write still survives ``kill -9``,
+but the last transactions before a power cut or OS crash may be rolled back (never corrupted).
+FAISS files are derived data: written after the commit, atomically (temp + rename), after every
+add batch (one full index write per batch: simple now, incremental later); a missing or stale file
+is rebuilt from SQLite when the store is opened.
+
+One writer per store (an ``fcntl`` lock on ``<store>/.writer.lock``); any number of readers
+(``readonly=True``) in other processes see every commit made after they opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from memory import blobs, maintenance
+from memory.errors import IndexMismatch, ParameterError, ReadOnlyStore
+from memory.index import DEFAULT_FACTORY
+from memory.indexes import MODALITIES, IndexSet
+from memory.reader import LoggedSound, StoreReader
+from memory.schema import (
+    DB_NAME,
+    connect,
+    episode_row,
+    fts_row,
+    get_meta,
+    init_schema,
+    set_meta,
+    transaction,
+    vector_blob,
+)
+from memory.types import Episode, SoundRecord
+
+__all__ = ["EpisodeStore", "LoggedSound"]
+
+logger = logging.getLogger(__name__)
+
+SYNCHRONOUS = ("NORMAL", "FULL")
+
+
+class EpisodeStore(StoreReader):
+    """Durable episodic memory in one directory (see the module docstring for the layout).
+
+    Parameters
+    ----------
+    path : str or Path
+        The store directory (created by a writer when missing).
+    readonly : bool
+        Open SQLite with ``mode=ro`` (query processes); writes raise ``ReadOnlyStore``.
+    synchronous : {"FULL", "NORMAL"}
+        SQLite ``PRAGMA synchronous`` of the writer (see the module docstring).
+    index_factory : str
+        FAISS factory string for new indexes.
+    jpeg_quality : int
+        Quality of keyframe JPEGs (10–100).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        readonly: bool = False,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        index_factory: str = DEFAULT_FACTORY,
+        jpeg_quality: int = 85,
+    ) -> None:
+        if synchronous not in SYNCHRONOUS:
+            raise ParameterError(f"synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
+        if not 10 <= int(jpeg_quality) <= 100:
+            raise ParameterError(f"jpeg_quality must be in [10, 100], got {jpeg_quality!r}")
+        self.path = Path(path).resolve()
+        self.readonly = readonly
+        self.jpeg_quality = int(jpeg_quality)
+        self._fsync = synchronous == "FULL"
+        self._lock = threading.RLock()
+        self._conn = None  # type: ignore[assignment]
+        self._writer_lock = None if readonly else maintenance.acquire_writer_lock(self.path)
+        try:
+            self._conn = connect(self.path / DB_NAME, readonly=readonly, synchronous=synchronous)
+            init_schema(self._conn, readonly=readonly)
+            self._ix = IndexSet(
+                self.path, self._conn, self._lock, readonly=readonly, factory=index_factory
+            )
+            if not readonly:
+                self._next_id = self._load_next_id()
+                maintenance.remove_orphans(self)
+                self._ix.open()
+        except BaseException:
+            self.close()
+            raise
+        logger.info("opened store %s (%s)", self.path, "read-only" if readonly else "writer")
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close SQLite and release the writer lock (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+            if self._writer_lock is not None:
+                self._writer_lock.close()
+                self._writer_lock = None
+
+    def __enter__(self) -> EpisodeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EpisodeStore({str(self.path)!r}, readonly={self.readonly})"
+
+    def _require_writer(self) -> None:
+        if self._conn is None:
+            raise ReadOnlyStore(f"store {self.path} is closed; open a new EpisodeStore")
+        if self.readonly:
+            raise ReadOnlyStore(f"store {self.path} is open read-only; open it with readonly=False")
+
+    def _load_next_id(self) -> int:
+        top = self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM episodes").fetchone()[0]
+        return max(int(get_meta(self._conn, "next_episode_id", "1") or 1), int(top) + 1)
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def add(self, episode: Episode, keyframe_images: Sequence[np.ndarray] = ()) -> Episode:
+        """Store ``episode`` durably.
+
+        Keyframes are written first (temp + rename, fsynced with ``synchronous="FULL"``), then
+        one SQLite transaction (row, vectors, FTS), then the FAISS indexes are updated and saved.
+
+        Parameters
+        ----------
+        episode : Episode
+            Without ``episode_id`` and ``keyframes`` (the store assigns both).
+            ``keyframe_times``, if given, has one entry per image.
+        keyframe_images : sequence of ndarray
+            ``uint8[H, W, 3]`` RGB (or ``uint8[H, W]`` grey), stored as
+            ``keyframes/<episode_id>/<n>.jpg``; never mutated.
+
+        Returns
+        -------
+        Episode
+            The stored episode: ``episode_id`` set, ``keyframes`` relative to the store dir.
+
+        Raises
+        ------
+        IndexMismatch
+            A vector's dim differs from the store's vectors of that modality.
+        ParameterError
+            Bad images, times or ids; nothing is written.
+        """
+        return self.add_many([(episode, keyframe_images)])[0]
+
+    def add_many(self, items: Iterable[tuple[Episode, Sequence[np.ndarray]]]) -> list[Episode]:
+        """Store several episodes in one transaction and one index save; see :meth:`add`."""
+        with self._lock:
+            self._require_writer()
+            batch = [(ep, list(imgs)) for ep, imgs in items]
+            dims: dict[str, int | None] = {m: self._ix.dim(m) for m in MODALITIES}
+            for ep, imgs in batch:
+                self._validate(ep, imgs, dims)
+            ids = list(range(self._next_id, self._next_id + len(batch)))
+            try:
+                stored = [self._write_keyframes(i, ep, imgs) for i, (ep, imgs) in zip(ids, batch)]
+                gens = self._insert(stored)
+            except BaseException:
+                for episode_id in ids:
+                    blobs.remove_keyframes(self.path, episode_id)
+                raise
+            self._next_id += len(batch)
+            self._index_added(stored, gens)
+            return stored
+
+    def _write_keyframes(self, episode_id: int, ep: Episode, imgs: list[np.ndarray]) -> Episode:
+        rel = blobs.write_keyframes(
+            self.path, episode_id, imgs, quality=self.jpeg_quality, fsync=self._fsync
+        )
+        return dataclasses.replace(
+            ep, episode_id=episode_id, keyframes=tuple(rel),
+            t_start=float(ep.t_start), t_end=float(ep.t_end),
+        )  # fmt: skip
+
+    @staticmethod
+    def _validate(ep: Episode, imgs: list[np.ndarray], dims: dict[str, int | None]) -> None:
+        """Reject a bad episode before anything is written; ``dims`` learns new modalities."""
+        if ep.episode_id is not None:
+            raise ParameterError(f"episode already has id {ep.episode_id}; the store assigns ids")
+        if ep.keyframes and not imgs:
+            raise ParameterError("pass keyframe images, not paths: the store writes keyframes")
+        if ep.keyframe_times and len(ep.keyframe_times) != len(imgs):
+            raise ParameterError(f"{len(ep.keyframe_times)} keyframe_times for {len(imgs)} images")
+        if not ep.t_end >= ep.t_start:
+            raise ParameterError(f"episode ends before it starts: [{ep.t_start}, {ep.t_end}]")
+        for modality in MODALITIES:
+            if (x := getattr(ep, modality)) is None:
+                continue
+            x = np.asarray(x)
+            if x.ndim != 1 or x.size == 0 or dims[modality] not in (None, x.shape[0]):
+                raise IndexMismatch(
+                    f"{modality} vector has shape {list(x.shape)}, the store's {modality} vectors "
+                    f"have dim {dims[modality]}; use one embedder per store (or a new store)"
+                )
+            if not np.isfinite(x).all():
+                raise ParameterError(f"{modality} vector has NaN/inf values")
+            dims[modality] = x.shape[0]
+
+    def _insert(self, stored: list[Episode]) -> dict[str, int]:
+        """One transaction: rows, FTS, vectors, generations; returns the new generations."""
+        changed: set[str] = set()
+        with transaction(self._conn) as c:
+            for ep in stored:
+                row = episode_row(ep, ep.episode_id, list(ep.keyframes))  # type: ignore[arg-type]
+                marks = ", ".join("?" * len(row))
+                sql = f"INSERT INTO episodes ({', '.join(row)}) VALUES ({marks})"
+                c.execute(sql, tuple(row.values()))
+                c.execute(
+                    "INSERT INTO episodes_fts (rowid, summary, labels, source) VALUES (?, ?, ?, ?)",
+                    fts_row(ep, ep.episode_id),  # type: ignore[arg-type]
+                )
+                for modality in MODALITIES:
+                    if (x := getattr(ep, modality)) is not None:
+                        c.execute(
+                            "INSERT INTO vectors VALUES (?, ?, ?, ?)",
+                            (ep.episode_id, modality, int(np.size(x)), vector_blob(x)),
+                        )
+                        changed.add(modality)
+            gens = {m: self._ix.sqlite_gen(m) + 1 for m in changed}
+            for modality, gen in gens.items():
+                set_meta(c, f"gen:{modality}", gen)
+            if stored:
+                set_meta(c, "next_episode_id", stored[-1].episode_id + 1)  # type: ignore[operator]
+        return gens
+
+    def _index_added(self, stored: list[Episode], gens: dict[str, int]) -> None:
+        """Add the committed vectors to FAISS and save; on failure rebuild from SQLite."""
+        try:
+            for modality, gen in gens.items():
+                eps = [ep for ep in stored if getattr(ep, modality) is not None]
+                ids = np.array([ep.episode_id for ep in eps], dtype=np.int64)
+                x = np.stack([np.asarray(getattr(ep, modality), np.float32) for ep in eps])
+                self._ix.add(modality, ids, x, gen)
+                self._ix.save(modality)
+        except Exception:  # the commit stands; the index is derived data
+            logger.exception("updating FAISS after a commit failed; rebuilding from SQLite")
+            self._ix.rebuild()
+
+    def add_sounds(
+        self, source: str, sounds: Sequence[SoundRecord], *, episode_id: int | None = None
+    ) -> list[int]:
+        """Append ``sounds`` heard on ``source`` to the audio event log; returns their row ids.
+
+        ``Episode.sounds`` are kept in the episode row; log them here too (with ``episode_id``)
+        if they should appear in :meth:`sounds`.
+        """
+        sql = (
+            "INSERT INTO sounds (source, label, score, t_start, t_end, episode_id) "
+            "VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        with self._lock:
+            self._require_writer()
+            with transaction(self._conn) as c:
+                rows = [
+                    (source, s.label, float(s.score), float(s.t_start), float(s.t_end), episode_id)
+                    for s in sounds
+                ]
+                return [int(c.execute(sql, row).lastrowid) for row in rows]
+
+    def forget(self, episode_id: int) -> None:
+        """Delete an episode: row, vectors, FTS entry, its sound-log rows, index entries, files.
+
+        Raises ``EpisodeNotFound`` if there is no such episode.
+        """
+        with self._lock:
+            self._require_writer()
+            self.get(episode_id, vectors=False)  # raises EpisodeNotFound
+            sql = "SELECT modality FROM vectors WHERE episode_id = ?"
+            modalities = [r[0] for r in self._conn.execute(sql, (episode_id,))]
+            with transaction(self._conn) as c:
+                for sql in (
+                    "DELETE FROM vectors WHERE episode_id = ?",
+                    "DELETE FROM episodes_fts WHERE rowid = ?",
+                    "DELETE FROM sounds WHERE episode_id = ?",
+                    "DELETE FROM episodes WHERE id = ?",
+                ):
+                    c.execute(sql, (episode_id,))
+                gens = {m: self._ix.sqlite_gen(m) + 1 for m in modalities}
+                for modality, gen in gens.items():
+                    set_meta(c, f"gen:{modality}", gen)
+            for modality, gen in gens.items():
+                self._ix.remove(modality, np.array([episode_id], dtype=np.int64), gen)
+                self._ix.save(modality)
+            blobs.remove_keyframes(self.path, episode_id)
+            logger.info("forgot episode %d", episode_id)
+
+    # --- upkeep (memory/maintenance.py) ------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, sources, bytes on disk and time span; see :func:`memory.maintenance.stats`."""
+        with self._lock:
+            return maintenance.stats(self)
+
+    def check(self) -> dict[str, Any]:
+        """``{"ok", "episodes", "vectors", "problems"}``; see :func:`memory.maintenance.check`."""
+        with self._lock:
+            return maintenance.check(self)
+
+    def rebuild(self) -> dict[str, int]:
+        """Rebuild every FAISS index from SQLite (saved unless read-only); a writer also deletes
+        orphan keyframe directories. Returns the vectors per modality."""
+        with self._lock:
+            counts = self._ix.rebuild()
+            if not self.readonly:
+                maintenance.remove_orphans(self, all_ids=True)
+            return counts
+
+    def export(self, dst_dir: str | Path) -> Path:
+        """Copy a consistent snapshot to the new or empty ``dst_dir``; returns its path.
+
+        SQLite via the online backup API, then the keyframes it references; indexes rebuilt.
+        """
+        with self._lock:
+            return maintenance.export(self, Path(dst_dir))
