@@ -183,10 +183,13 @@ class QueryEngine:
         return sorted(ids, key=lambda i: (-bm25.get(i, 0.0), i))
 
     def _anchor(self, q: Question, filters: dict[str, Any]) -> Episode | None:
-        """The episode "X" in "after X" / "before X": the latest best match."""
+        """The episode "X" in "after X" / "before X": the latest match, or the earliest for
+        "after the first X"."""
         ids = self._text_matches(q.anchor, filters)
         eps = self.store.get_many(ids)
-        return max(eps, key=_key) if eps else None
+        if not eps:
+            return None
+        return min(eps, key=_key) if q.anchor_which == "first" else max(eps, key=_key)
 
     def _retrieve(
         self, query: Query, q: Question, filters: dict[str, Any], anchor: Episode | None

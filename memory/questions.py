@@ -64,6 +64,7 @@ class Question:
     anchor: tuple[str, ...] = ()
     anchor_time: float | None = None
     anchor_text: str = ""
+    anchor_which: Literal["first", "last"] = "last"  # which match of X anchors "after the first X"
     window: tuple[float, float] | None = None
 
 
@@ -103,10 +104,12 @@ def parse_question(text: str) -> Question:
         window = (min(a, b), max(a, b))
         t = (t[: m.start()] + " " + t[m.end() :]).strip()
     relation, anchor, anchor_time, anchor_text = None, (), None, ""
+    anchor_which: Literal["first", "last"] = "last"
     if m := _RELATION.search(t):
         word, rest = m.group(1), m.group(2).strip(" .!,")
         relation = "after" if word in ("after", "since") else "before"
         anchor_text = rest
+        anchor_which = "first" if _FIRST.search(rest) else "last"
         if tm := re.fullmatch(_TIME, rest):
             anchor_time = parse_seconds(tm.group(1), tm.group(2))
         else:
@@ -129,5 +132,6 @@ def parse_question(text: str) -> Question:
         anchor=anchor,
         anchor_time=anchor_time,
         anchor_text=anchor_text,
+        anchor_which=anchor_which,
         window=window,
     )

@@ -99,6 +99,9 @@ def test_first_last_and_windows(engine: QueryEngine) -> None:
     assert ids(ask(engine, "when did someone knock for the first time")) == [1]
     assert ids(ask(engine, "when was the last knock on the door?")) == [6]
     assert ids(ask(engine, "when did someone knock after the glass broke"))[0] == AFTER_GLASS
+    # the anchor of "after the first knock" is the earliest knock, of "after the knock" the latest
+    assert ids(ask(engine, "what happened after the first knock on the door", source="cam1"))[0] == 2
+    assert ids(ask(engine, "what happened after the knock on the door", source="cam1"))[-1] == 6
     assert ids(ask(engine, "what happened between 0:04 and 0:13?", source="cam1")) == [2, 3]
     assert ids(ask(engine, "what happened after 0:25")) == [6]
     a = ask(engine, "how long did the glass breaking last?")
