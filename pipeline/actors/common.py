@@ -12,26 +12,28 @@ import ray
 class InFlight:
     """Caps the number of unfinished object refs (Ray's ``limit_pending_tasks`` pattern).
 
-    ``add(ref)`` blocks when more than ``limit`` refs are pending, and re-raises the error of any
-    finished task, so failures surface where they were submitted.
+    ``add(ref)`` blocks on the oldest ref while more than ``limit`` are pending (calls from one
+    caller to one actor run in order, so the oldest finishes first) and keeps its value;
+    ``drain()`` returns every value in submission order. A failed task re-raises where it was
+    submitted.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.pending: list[ray.ObjectRef] = []
+        self.results: list = []
         self.waits = 0  # times the producer had to wait (backpressure)
 
     def add(self, ref: ray.ObjectRef) -> None:
         self.pending.append(ref)
-        if len(self.pending) > self.limit:
+        while len(self.pending) > self.limit:
             self.waits += 1
-            ready, self.pending = ray.wait(self.pending, num_returns=len(self.pending) - self.limit)
-            ray.get(ready)
+            self.results.append(ray.get(self.pending.pop(0)))
 
     def drain(self) -> list:
-        """Wait for every pending ref and return their values in submission order."""
-        values = ray.get(self.pending)
-        self.pending = []
+        """Wait for every pending ref; return all values since the last drain, in order."""
+        self.results.extend(ray.get(self.pending))
+        values, self.pending, self.results = self.results, [], []
         return values
 
 
