@@ -78,19 +78,43 @@ def test_real_video_and_bad_input_in_one_batch(tmp_path, shared_data):
     assert q.returncode == 0 and json.loads(q.stdout)["answered"] is True
 
 
-def test_reasoner_actor_answers(demo_store):
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the in-process tests of this module (Ray testing tips)."""
     import ray
 
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_reasoner_actor_answers(demo_store, ray_session):
     from memory.types import Query
     from pipeline.actors.reasoner_actor import ReasonerActor
 
     store, _ = demo_store
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
-    try:
-        actor = ReasonerActor.remote(str(store))
-        answer = ray.get(actor.answer.remote(Query(text="what happened", k=3)))
-        assert answer.answered and 1 <= len(answer.evidence) <= 3
-        nothing = ray.get(actor.answer.remote(Query(text="when did the helicopter land", k=3)))
-        assert not nothing.answered and nothing.evidence == ()
-    finally:
-        ray.shutdown()
+    actor = ReasonerActor.remote(str(store))
+    answer = ray_session.get(actor.answer.remote(Query(text="what happened", k=3)))
+    assert answer.answered and 1 <= len(answer.evidence) <= 3
+    nothing = ray_session.get(actor.answer.remote(Query(text="when did the helicopter land", k=3)))
+    assert not nothing.answered and nothing.evidence == ()
+
+
+def test_python_api_ingest_then_query(tmp_path, ray_session):
+    from pipeline import Eidetic
+    from tests.media import write_video
+
+    video = write_video(tmp_path / "clip.mp4", duration_s=6.0, clicks_at=[1.5, 4.5])
+    app = Eidetic(tmp_path / "store")
+    report = app.ingest(str(video))
+    (src,) = report["sources"]
+    assert src["error"] is None and src["episodes"] == 2 and src["triggers"] == 2
+    assert ray_session.is_initialized()  # the API reused the running Ray and left it running
+    answer = app.query("when was there a sound?")
+    assert answer.answered and len(answer.evidence) == 2
+    starts = sorted(h.episode.t_start for h in answer.evidence)
+    assert starts[0] <= 1.5 <= starts[1] <= 4.5  # each burst lies in an episode
+    first = min(answer.evidence, key=lambda h: h.episode.t_start).episode
+    assert first.t_start <= 1.5 <= first.t_end and first.objects  # the moving squares were tracked
+    assert app.store.check()["ok"]
+    app.close()
