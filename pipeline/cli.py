@@ -13,7 +13,14 @@ from typing import Any
 import click
 
 from pipeline import __version__
-from pipeline.errors import EXIT_BAD_MEDIA, EXIT_ERROR, EXIT_OK, EXIT_USAGE, ConfigError, EideticError
+from pipeline.errors import (
+    EXIT_BAD_MEDIA,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    EideticError,
+)
 
 logger = logging.getLogger("eidetic")
 

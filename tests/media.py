@@ -38,15 +38,25 @@ def tone_with_clicks(
     return np.clip(y, -1, 1)
 
 
+def square_masks(i: int, *, width: int = 160, height: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth of :func:`moving_squares` frame ``i``: (red, green) squares as ``bool[H, W]``."""
+    red = np.zeros((height, width), dtype=bool)
+    x = 10 + (i * 3) % (width - 50)
+    red[30:60, x : x + 30] = True
+    green = np.zeros((height, width), dtype=bool)
+    y = 20 + (i * 2) % (height - 45)
+    green[y : y + 25, width - 50 : width - 25] = True
+    return red, green
+
+
 def moving_squares(n_frames: int, *, width: int = 160, height: int = 120) -> list[np.ndarray]:
     """``n_frames`` RGB frames (``uint8[H, W, 3]``) with two coloured squares moving on grey."""
     frames = []
     for i in range(n_frames):
         img = np.full((height, width, 3), 90, dtype=np.uint8)
-        x = 10 + (i * 3) % (width - 50)
-        img[30:60, x : x + 30] = (220, 40, 40)
-        y = 20 + (i * 2) % (height - 45)
-        img[y : y + 25, width - 50 : width - 25] = (40, 200, 60)
+        red, green = square_masks(i, width=width, height=height)
+        img[red] = (220, 40, 40)
+        img[green] = (40, 200, 60)
         frames.append(img)
     return frames
 

@@ -11,24 +11,10 @@ from models.errors import ParameterError
 from models.registry import EMBEDDERS, SEGMENTERS, create
 from models.segmenters.base import Segmenter, bbox_of
 from models.segmenters.classical import ClassicalSegmenter
-from tests.media import moving_squares
+from tests.media import moving_squares, square_masks
+from tracker.metrics import jaccard as iou
 
 W, H = 160, 120
-
-
-def square_masks(i: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ground truth of ``moving_squares`` frame ``i``: (red square, green square) ``bool[H, W]``."""
-    red = np.zeros((H, W), dtype=bool)
-    x = 10 + (i * 3) % (W - 50)
-    red[30:60, x : x + 30] = True
-    green = np.zeros((H, W), dtype=bool)
-    y = 20 + (i * 2) % (H - 45)
-    green[y : y + 25, W - 50 : W - 25] = True
-    return red, green
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 def blob_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

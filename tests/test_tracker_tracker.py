@@ -9,25 +9,12 @@ from models.embedders.classical import ClassicalEmbedder
 from models.segmenters.base import MaskProposal, bbox_of
 from models.segmenters.classical import ClassicalSegmenter
 from tests.media import moving_squares
+from tests.media import square_masks as truth
+from tracker.metrics import jaccard as iou
 from tracker.tracker import Tracker
 from tracker.types import RLE, KeyframeReason, Perception
 
 W, H = 160, 120
-
-
-def truth(i: int) -> tuple[np.ndarray, np.ndarray]:
-    """(red square, green square) of ``moving_squares`` frame ``i`` as ``bool[H, W]``."""
-    red = np.zeros((H, W), dtype=bool)
-    x = 10 + (i * 3) % (W - 50)
-    red[30:60, x : x + 30] = True
-    green = np.zeros((H, W), dtype=bool)
-    y = 20 + (i * 2) % (H - 45)
-    green[y : y + 25, W - 50 : W - 25] = True
-    return red, green
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

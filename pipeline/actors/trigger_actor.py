@@ -7,9 +7,9 @@ import time
 
 import ray
 
+from pipeline.actors.common import Latency
 from pipeline.config import TriggerConfig
 from pipeline.types import AudioChunk, CaptureWindow, TriggerEvent
-from pipeline.actors.common import Latency
 
 logger = logging.getLogger(__name__)
 
