@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,14 +43,20 @@ def _key(ep: Episode) -> tuple[float, int]:
 
 
 def describe(ep: Episode) -> str:
-    """``"glass_breaking at 0:04.2–0:04.9 on cam1 (episode 2)"`` (+ UTC time for live sources)."""
+    """``"glass_breaking at 0:04.2 (episode 2: 0:03.2–0:06.0 on cam1)"`` (+ UTC for live sources).
+
+    The first time is when the episode's first sound began (absent without sounds), the span is
+    the episode's (pre- and post-roll included); file sources are named by their file name.
+    """
     what = ", ".join(ep.labels) or "activity"
+    heard = f" at {format_time(min(s.t_start for s in ep.sounds))}" if ep.sounds else ""
     wall = ""
     if ep.wall_start is not None:
         utc = datetime.fromtimestamp(ep.wall_start, tz=timezone.utc)
         wall = f", {utc:%Y-%m-%d %H:%M:%S} UTC"
+    source = ep.source if "://" in ep.source else PurePath(ep.source).name
     span = f"{format_time(ep.t_start)}–{format_time(ep.t_end)}"
-    return f"{what} at {span} on {ep.source}{wall} (episode {ep.episode_id})"
+    return f"{what}{heard} (episode {ep.episode_id}: {span} on {source}{wall})"
 
 
 def _topic(eps: Sequence[Episode], words: Sequence[str]) -> str:

@@ -60,8 +60,10 @@ def ask(engine: QueryEngine, text: str, **kw) -> Answer:
 
 
 def assert_grounded(answer: Answer) -> None:
-    """Every time in the sentence is a start/end time of an episode in the evidence."""
+    """Every time in the sentence is a start/end time of an episode in the evidence or of a sound
+    heard in one."""
     cited = {format_time(t) for h in answer.evidence for t in (h.episode.t_start, h.episode.t_end)}
+    cited |= {format_time(s.t_start) for h in answer.evidence for s in h.episode.sounds}
     assert set(TIME.findall(answer.answer)) <= cited, answer
     ids = {int(i) for i in re.findall(r"episode (\d+)", answer.answer)}
     assert ids <= {h.episode.episode_id for h in answer.evidence}, answer
@@ -90,7 +92,7 @@ def test_what_happened_after_the_glass_broke(engine: QueryEngine) -> None:
     a = ask(engine, "What happened after the glass broke?")
     assert a.answered and ids(a)[0] == AFTER_GLASS
     assert ids(a)[-1] == GLASS  # the anchor is cited too
-    assert a.answer.startswith("After glass_breaking at 0:10.0")
+    assert a.answer.startswith("After glass_breaking at 0:10.2 (episode 3: 0:10.0")
     a = ask(engine, "what happened before the glass broke?")
     assert ids(a)[:2] == [2, 1]  # nearest first, same source only (cam2's clock differs)
 
