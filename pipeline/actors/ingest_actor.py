@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 import ray
 
 from pipeline.actors.common import InFlight
 from pipeline.config import ServiceConfig
 from pipeline.ingest import DecodeCounter, MediaInfo, iter_audio, iter_video
-from pipeline.types import CaptureWindow
+from pipeline.types import CaptureWindow, FramePacket
 
 logger = logging.getLogger(__name__)
 
@@ -66,30 +67,42 @@ class IngestActor:
         return windows, sounds
 
     def _video_pass(self, windows: list[CaptureWindow], sounds: list, perception) -> None:
+        """Decode video inside every window in one pass over the file (one open, one seek per
+        window), feeding each window's frames between its perception begin/end."""
         self.stage, self.done = "video", 0.0
         self.total = sum(w.t_end - w.t_start for w in windows) or 1.0
-        fps = None if self.cfg.ingest.every_frame else self.cfg.ingest.perception_fps
         in_flight = InFlight(self.cfg.ray.max_in_flight)
         counter = DecodeCounter()
+        packets = self._packets(windows, counter)
+        packet = next(packets, None)
+        done_before = 0.0
         for window in windows:
             inside = [s for s in sounds if s.t_end >= window.t_start and s.t_start <= window.t_end]
             in_flight.add(perception.begin.remote(window, self.info.source, inside))
             pending_triggers = sorted(s.t_start for s in inside)
-            if self.info.has_video:
-                for packet in iter_video(
-                    self.info.source, stream_id=self.stream_id, windows=[(window.t_start, window.t_end)],
-                    fps=fps, max_side=self.cfg.ingest.max_side, counter=counter,
-                ):
-                    force = bool(pending_triggers) and packet.t >= pending_triggers[0]
-                    while pending_triggers and packet.t >= pending_triggers[0]:
-                        pending_triggers.pop(0)
-                    in_flight.add(perception.step.remote(self.info.source, packet, force))
-                    self.report["frames_processed"] += 1
-                    self.report["frames_decoded"] = counter.decoded
-                    self.done = packet.t - window.t_start + sum(
-                        w.t_end - w.t_start for w in windows if w.t_end <= window.t_start
-                    )
+            while packet is not None and packet.t <= window.t_end:
+                force = bool(pending_triggers) and packet.t >= pending_triggers[0]
+                while pending_triggers and packet.t >= pending_triggers[0]:
+                    pending_triggers.pop(0)
+                in_flight.add(perception.step.remote(self.info.source, packet, force))
+                self.report["frames_processed"] += 1
+                self.report["frames_decoded"] = counter.decoded
+                self.done = done_before + max(0.0, packet.t - window.t_start)
+                packet = next(packets, None)
             in_flight.drain()
             self.report["frames_decoded"] = counter.decoded
+            done_before += window.t_end - window.t_start
             if ray.get(perception.end.remote(self.info.source, window)) is not None:
                 self.report["episodes"] += 1
+
+    def _packets(self, windows: list[CaptureWindow], counter: DecodeCounter) -> Iterator[FramePacket]:
+        if not self.info.has_video or not windows:
+            return iter(())
+        return iter_video(
+            self.info.source,
+            stream_id=self.stream_id,
+            windows=[(w.t_start, w.t_end) for w in windows],
+            fps=None if self.cfg.ingest.every_frame else self.cfg.ingest.perception_fps,
+            max_side=self.cfg.ingest.max_side,
+            counter=counter,
+        )
