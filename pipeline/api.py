@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from models.errors import ParameterError
 from pipeline.config import ServiceConfig, load_config
 from pipeline.errors import ConfigError, IngestError
 
@@ -69,32 +73,152 @@ class Eidetic:
         self.close()
         return run_ingest([sources] if isinstance(sources, str) else list(sources), self.config, hook=hook)
 
-    def events(self, media: str) -> dict[str, Any]:
-        """Audio triggers of one file, in this process (no Ray); see ``eidetic events``."""
+    def events(self, media: str, *, progress: Callable[[float, float], None] | None = None) -> dict[str, Any]:
+        """Audio triggers of one file, in this process (no Ray); see ``eidetic events``.
+
+        ``progress(done_s, total_s)`` is called as the audio is read.
+        """
         from pipeline.ingest import iter_audio, probe
         from pipeline.triggers import TriggerPolicy
 
         info = probe(media, max_dimension=self.config.ingest.max_dimension)
         if not info.has_audio:
+            if info.has_video:
+                return self._visual_events(media, info, progress)
             raise IngestError(media, "has no audio stream to detect events in")
-        policy = TriggerPolicy.from_config("events", self.config.trigger)
+        policy = TriggerPolicy.from_config("events", self.config.trigger, store_path=self.store_path)
         end = 0.0
         for chunk in iter_audio(media, stream_id="events", chunk_s=self.config.ingest.chunk_s):
             policy.feed(chunk)
             end = chunk.t_end
+            if progress is not None:
+                progress(end, info.duration_s or 0.0)
         policy.flush()
+        if end == 0.0:
+            raise IngestError(media, "has an audio stream but no decodable audio")
         duration = info.duration_s or end
+        windows = policy.windows(duration)
         return {
             "media": media,
             "duration_s": round(duration, 3),
+            "trigger": "audio",
             "events": [
-                {"t_start": round(e.t_start, 3), "t_end": round(e.t_end, 3), "label": e.label, "score": round(float(e.score), 4)}
+                {
+                    "t_start": round(e.t_start, 3), "t_end": round(e.t_end, 3), "label": e.label,
+                    "score": round(float(e.score), 4), "trigger": _inside(e, windows),
+                }
                 for e in policy.events
             ],
             "capture_windows": [
-                {"t_start": round(w.t_start, 3), "t_end": round(w.t_end, 3)} for w in policy.windows(duration)
+                {"t_start": round(w.t_start, 3), "t_end": round(w.t_end, 3), "labels": list(w.labels)}
+                for w in windows
             ],
-        }
+        }  # fmt: skip
+
+    def _visual_events(self, media: str, info, progress) -> dict[str, Any]:
+        """Video without audio: the visual-change trigger (DESIGN.md §2.2), with a warning."""
+        from pipeline.triggers import capture_windows
+        from pipeline.visual_trigger import LABEL, detect_visual_changes, visual_trigger_events
+
+        logger.warning("%s has no audio: using the visual-change trigger", media)
+        cfg = self.config.trigger
+        changes, seen = detect_visual_changes(media, stream_id="events", fps=cfg.visual_fps)
+        duration = info.duration_s or seen
+        ends = visual_trigger_events(changes, stream_id="events")
+        windows = capture_windows(
+            ends, stream_id="events", pre_roll_s=cfg.pre_roll_s, post_roll_s=cfg.post_roll_s,
+            max_window_s=cfg.max_window_s, duration_s=duration,
+        )  # fmt: skip
+        if progress is not None:
+            progress(duration, duration)
+        return {
+            "media": media,
+            "duration_s": round(duration, 3),
+            "trigger": "visual",
+            "warning": "no audio stream: visual-change trigger used",
+            "events": [
+                {"t_start": round(c.t_start, 3), "t_end": round(c.t_end, 3), "label": LABEL,
+                 "score": round(float(c.score), 4), "trigger": True}
+                for c in changes
+            ],
+            "capture_windows": [
+                {"t_start": round(w.t_start, 3), "t_end": round(w.t_end, 3), "labels": list(w.labels)}
+                for w in windows
+            ],
+        }  # fmt: skip
+
+    # ------------------------------------------------------------------ custom sounds
+
+    def _sound_library(self):
+        from models.audio.esc50 import CLASSES
+        from models.audio.sounds import SoundLibrary
+        from pipeline.triggers import sounds_dir
+
+        return SoundLibrary(sounds_dir(self.config.trigger, self.store_path), builtin=CLASSES)
+
+    def sounds_add(
+        self, name: str, clips: list[str], *, threshold: float | None = None, replace: bool = False
+    ) -> dict[str, Any]:
+        """Enroll a custom trigger sound from example clips; see ``eidetic sounds add``."""
+        from models.audio.esc50 import CLASSES
+        from models.audio.sounds import check_name, file_sha256
+        from pipeline.triggers import load_classifier
+
+        check_name(name, builtin=CLASSES)
+        if not clips:
+            raise ParameterError("give at least one example clip")
+        samples = [self._read_audio(c) for c in clips]
+        classifier = load_classifier(self.config.trigger)
+        emb = np.stack([classifier.embed_clip(x) for x in samples])
+        weights = getattr(classifier, "path", None)
+        sha = file_sha256(weights) if weights is not None and Path(weights).is_file() else None
+        sound = self._sound_library().add(
+            name, emb, [str(Path(c).name) for c in clips], threshold=threshold,
+            model_sha256=sha, replace=replace,
+        )  # fmt: skip
+        return {"added": sound.to_json(), "sounds_dir": str(self._sound_library().root)}
+
+    def sounds_list(self) -> dict[str, Any]:
+        """Built-in trigger classes and enrolled sounds; see ``eidetic sounds list``."""
+        from models.audio.esc50 import CLASSES
+
+        cfg = self.config.trigger
+        lib = self._sound_library()
+        custom = lib.load()
+        triggers = set(cfg.classes) | {s.name for s in custom}
+        rows = [
+            {"name": s.name, "custom": True, "trigger": True,
+             "threshold": round(cfg.class_thresholds.get(s.name, s.threshold), 4),
+             "examples": len(s.examples)}
+            for s in custom
+        ] + [
+            {"name": c, "custom": False, "trigger": c in triggers,
+             "threshold": round(cfg.class_thresholds.get(c, cfg.threshold), 4), "examples": None}
+            for c in CLASSES
+        ]  # fmt: skip
+        return {"sounds_dir": str(lib.root), "sounds": rows}
+
+    def sounds_remove(self, name: str) -> dict[str, Any]:
+        """Forget an enrolled sound; see ``eidetic sounds remove``."""
+        lib = self._sound_library()
+        if not lib.remove(name):
+            raise ParameterError(f"no custom sound named {name!r} in {lib.root}")
+        return {"removed": name, "sounds_dir": str(lib.root)}
+
+    def _read_audio(self, media: str) -> np.ndarray:
+        """Whole audio of ``media`` as float32 16 kHz mono."""
+        from pipeline.ingest import iter_audio, probe
+
+        info = probe(media, max_dimension=self.config.ingest.max_dimension)
+        if not info.has_audio:
+            raise IngestError(media, "has no audio stream")
+        parts = [c.samples for c in iter_audio(media, stream_id="clip")]
+        samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        if samples.size < 1600:
+            raise IngestError(media, "has less than 0.1 s of audio")
+        if float(np.max(np.abs(samples))) < 1e-4:
+            raise IngestError(media, "is silent")
+        return samples
 
     def track(self, frames: str | Path, first_mask: str | Path, out: str | Path, *, preset: str = "quality", hook=None) -> dict[str, Any]:
         """Semi-supervised VOS (DAVIS protocol); see ``eidetic track``."""
@@ -167,21 +291,25 @@ class Eidetic:
         return registry.create(registry.EMBEDDERS, "classical").embed_images([image])[0]
 
     def _embed_audio(self, media: str):
-        import numpy as np
+        """Embed an example sound like the stored sounds (the classifier's, or the gate's)."""
+        samples = self._read_audio(media)
+        if self.config.trigger.detector == "cnn":
+            from pipeline.triggers import load_classifier
 
+            return load_classifier(self.config.trigger).embed_clip(samples)
         from models.audio.energy import embed_clip
-        from pipeline.ingest import iter_audio, probe
 
-        probe(media)
-        samples = np.concatenate([c.samples for c in iter_audio(media, stream_id="query")] or [np.zeros(0, np.float32)])
-        if samples.size < 1600:
-            raise IngestError(media, "has less than 0.1 s of audio to search with")
         return embed_clip(samples)
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def _inside(event, windows) -> bool:
+    """True if the sound lies in an accepted capture window (it triggered, or rode along)."""
+    return any(w.t_start <= event.t_start and event.t_end <= w.t_end + 1e-6 for w in windows)
 
 
 def _source_filter(source: str | None) -> str | None:

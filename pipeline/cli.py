@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from models.errors import ParameterError
 from pipeline import __version__
 from pipeline.errors import (
     EXIT_BAD_MEDIA,
@@ -50,6 +51,8 @@ def _run(ctx: click.Context, fn: Callable[[], Any]) -> Any:
         return fn()
     except EideticError as e:
         raise Failure(e.exit_code, str(e)) from e
+    except ParameterError as e:  # a bad value given by the user (name, threshold, ...)
+        raise Failure(EXIT_USAGE, str(e)) from e
     except (ValueError, KeyError) as e:
         if ctx.obj.get("debug"):
             traceback.print_exc()
@@ -141,21 +144,115 @@ def _print_ingest(doc: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("media")
 @config_opt
+@store_opt
 @json_opt
 @click.pass_context
-def events(ctx, media, config_path, as_json) -> None:
-    """Detect audio trigger events in MEDIA (no capture, no store)."""
-    app = _run(ctx, lambda: _app(None, config_path))
-    doc = _run(ctx, lambda: app.events(media))
+def events(ctx, media, config_path, store_dir, as_json) -> None:
+    """Detect sounds and trigger events in MEDIA (no capture, no store).
+
+    Every sound heard is listed with its label and score; "trigger" marks those inside a capture
+    window. Enrolled custom sounds are read from <store>/sounds. A video without audio falls
+    back to the visual-change trigger (with a warning).
+    """
+    app = _run(ctx, lambda: _app(store_dir, config_path))
+    bar = _progress_bar(f"events {Path(media).name}")
+    try:
+        doc = _run(ctx, lambda: app.events(media, progress=bar.update))
+    finally:
+        bar.close()
+    if doc.get("warning"):
+        click.echo(f"eidetic: warning: {doc['warning']}", err=True)
 
     def human(d: dict[str, Any]) -> None:
-        click.echo(f"{d['media']}: {d['duration_s']:.1f} s, {len(d['events'])} events")
+        n = sum(1 for e in d["events"] if e["trigger"])
+        click.echo(f"{d['media']}: {d['duration_s']:.1f} s, {len(d['events'])} sounds, {n} triggering")
         for e in d["events"]:
-            click.echo(f"  {e['t_start']:8.2f} - {e['t_end']:8.2f}  {e['label']}  {e['score']:.2f}")
+            mark = "*" if e["trigger"] else " "
+            click.echo(f"  {mark} {e['t_start']:8.2f} - {e['t_end']:8.2f}  {e['label']:<18} {e['score']:.2f}")
         for w in d["capture_windows"]:
-            click.echo(f"  capture {w['t_start']:8.2f} - {w['t_end']:8.2f}")
+            click.echo(f"  capture {w['t_start']:8.2f} - {w['t_end']:8.2f}  {', '.join(w['labels'])}")
 
     _emit(doc, as_json, human)
+
+
+class _progress_bar:
+    """A tqdm bar on stderr over media seconds (silent when stderr is not a terminal)."""
+
+    def __init__(self, desc: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, desc=desc, unit="s", file=sys.stderr, disable=not sys.stderr.isatty(),
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+
+    def update(self, done: float, total: float) -> None:
+        if total and self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@cli.group()
+def sounds() -> None:
+    """Custom trigger sounds enrolled from a few examples (few-shot)."""
+
+
+@sounds.command("add")
+@click.argument("name")
+@click.argument("clips", nargs=-1, required=True)
+@click.option("--threshold", type=float, help="Cosine similarity that triggers (default: set from the examples).")
+@click.option("--replace", is_flag=True, help="Replace an enrolled sound of that name.")
+@store_opt
+@config_opt
+@json_opt
+@click.pass_context
+def sounds_add(ctx, name, clips, threshold, replace, store_dir, config_path, as_json) -> None:
+    """Enroll NAME from example CLIPS (any audio or video files; 3-10 examples work best)."""
+    app = _run(ctx, lambda: _app(store_dir, config_path))
+    doc = _run(ctx, lambda: app.sounds_add(name, list(clips), threshold=threshold, replace=replace))
+
+    def human(d: dict[str, Any]) -> None:
+        a = d["added"]
+        click.echo(f"enrolled {a['name']} from {a['n_examples']} examples, threshold {a['threshold']:.3f} "
+                   f"(in {d['sounds_dir']})")
+
+    _emit(doc, as_json, human)
+
+
+@sounds.command("list")
+@store_opt
+@config_opt
+@click.option("--all", "show_all", is_flag=True, help="Also list the built-in classes that do not trigger.")
+@json_opt
+@click.pass_context
+def sounds_list(ctx, store_dir, config_path, show_all, as_json) -> None:
+    """List enrolled sounds and the built-in trigger classes with their thresholds."""
+    app = _run(ctx, lambda: _app(store_dir, config_path))
+    doc = _run(ctx, app.sounds_list)
+
+    def human(d: dict[str, Any]) -> None:
+        for r in d["sounds"]:
+            if r["trigger"] or show_all:
+                kind = f"custom, {r['examples']} examples" if r["custom"] else "built-in"
+                state = "triggers" if r["trigger"] else "remembered only"
+                click.echo(f"{r['name']:<20} {kind:<22} {state:<16} threshold {r['threshold']:.2f}")
+
+    _emit(doc, as_json, human)
+
+
+@sounds.command("remove")
+@click.argument("name")
+@store_opt
+@config_opt
+@json_opt
+@click.pass_context
+def sounds_remove(ctx, name, store_dir, config_path, as_json) -> None:
+    """Forget the enrolled sound NAME."""
+    app = _run(ctx, lambda: _app(store_dir, config_path))
+    doc = _run(ctx, lambda: app.sounds_remove(name))
+    _emit(doc, as_json, lambda d: click.echo(f"removed {d['removed']}"))
 
 
 @cli.command()
@@ -319,7 +416,7 @@ def store_export(ctx, dest, store_dir, as_json) -> None:
 
 @cli.group()
 def config() -> None:
-    """Validate configuration."""
+    """Validate configuration, or print an example."""
 
 
 @config.command("check")
@@ -333,6 +430,14 @@ def config_check(ctx, file, as_json) -> None:
     cfg = _run(ctx, lambda: load_config(file))
     doc = {"ok": True, "file": file, "config": json.loads(cfg.model_dump_json())}
     _emit(doc, as_json, lambda d: click.echo(f"{file}: ok"))
+
+
+@config.command("example")
+def config_example() -> None:
+    """Print a config file documenting every key with its default."""
+    from pipeline.config import example_yaml
+
+    click.echo(example_yaml(), nl=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from models.audio.esc50 import DEFAULT_TRIGGERS
 from pipeline.errors import ConfigError
 
 ENV_PREFIX = "EIDETIC__"
@@ -50,7 +51,49 @@ class IngestConfig(_Section):
 
 
 class TriggerConfig(_Section):
-    detector: Literal["energy"] = Field("energy", description="Audio event detector backend.")
+    detector: Literal["cnn", "energy"] = Field(
+        "cnn",
+        description="'cnn': energy gate + the shipped audio classifier (labels, interaction score); "
+        "'energy': the weight-free gate alone (every sound triggers, labelled 'sound').",
+    )
+    weights: Path | None = Field(
+        None, description="Audio classifier checkpoint; empty: the shipped ESC-50 weights."
+    )
+    sounds_dir: Path | None = Field(
+        None, description="Enrolled custom sounds ('eidetic sounds add'); empty: <store>/sounds."
+    )
+    classes: tuple[str, ...] = Field(
+        DEFAULT_TRIGGERS,
+        description="Trigger classes: ESC-50 names or enrolled sounds (enrolled sounds always "
+        "trigger).",
+    )
+    threshold: float = Field(
+        0.5, gt=0, le=1, description="Class probability that triggers (per-class default)."
+    )
+    class_thresholds: dict[str, float] = Field(
+        {}, description="Per-class thresholds, e.g. {glass_breaking: 0.3}."
+    )
+    interaction_threshold: float = Field(
+        0.5, gt=0, le=2,
+        description="'Domestic interaction' probability that triggers whatever the label "
+        "(> 1 disables).",
+    )
+    hysteresis: float = Field(
+        0.1, ge=0, le=1, description="Sounds joining an accepted trigger extend it down to "
+        "threshold - hysteresis.",
+    )
+    refractory_s: float = Field(
+        1.0, ge=0, le=60, description="Sounds this close (s) to a trigger's last sound join it."
+    )
+    max_capture_fraction: float = Field(
+        0.6, gt=0, le=1, description="Most of any rate_window_s that triggers may capture."
+    )
+    rate_window_s: float = Field(60.0, gt=0, le=86400, description="Capture-rate window (s).")
+    max_patches: int = Field(8, ge=1, le=100, description="Most 0.96 s patches classified per sound.")
+    visual_fps: float = Field(
+        2.0, gt=0, le=30,
+        description="Video without audio: frames per second compared by the visual-change trigger.",
+    )
     k_mad: float = Field(
         5.0, gt=0, le=50, description="Threshold = background median + k * MAD of frame dB."
     )
@@ -104,6 +147,32 @@ class ServiceConfig(_Section):
     perception: PerceptionConfig = PerceptionConfig()
     memory: MemoryConfig = MemoryConfig()
     serve: ServeConfig = ServeConfig()
+
+
+EXAMPLE_HEADER = """\
+# Eidetic configuration: every key with its default. Copy, edit, and pass with --config FILE.
+# Any key can also be set by environment variable EIDETIC__SECTION__KEY (e.g. EIDETIC__STORE__PATH=/data).
+# The API token can be given as EIDETIC_API_TOKEN. Check a file with: eidetic config check FILE
+# (This file is written by `eidetic config example`; a test keeps it in step with the code.)
+"""
+
+
+def example_yaml() -> str:
+    """``deploy/config.example.yaml``: every section and key with its default and description."""
+    defaults = ServiceConfig().model_dump(mode="json")
+    lines = [EXAMPLE_HEADER.rstrip("\n")]
+    for section, info in ServiceConfig.model_fields.items():
+        lines.append("")
+        lines.append(f"{section}:")
+        for key, field in info.annotation.model_fields.items():
+            lines.append(f"  # {field.description}")
+            value = defaults[section][key]
+            flow = isinstance(value, (list, dict))
+            dumped = yaml.safe_dump({key: value}, default_flow_style=flow, sort_keys=False, width=100)
+            if flow and dumped.startswith("{"):
+                dumped = f"{key}: " + yaml.safe_dump(value, default_flow_style=True, width=100)
+            lines += ["  " + line for line in dumped.rstrip("\n").splitlines()]
+    return "\n".join(lines) + "\n"
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def _run_graph(infos: list[MediaInfo], cfg: ServiceConfig, hook: ProgressHook | 
     reports = []
     for i, info in enumerate(infos):
         stream_id = f"{i}:{Path(info.source).name}"
-        trigger = TriggerActor.remote(stream_id, cfg.trigger)
+        trigger = TriggerActor.remote(stream_id, cfg.trigger, str(cfg.store.path))
         named = dataclasses.replace(info, source=source_name(info.source))
         actor = IngestActor.remote(named, stream_id, cfg)
         t0 = time.perf_counter()

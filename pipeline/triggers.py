@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from models.audio.base import AudioEvent, AudioEventDetector
+from models.audio.esc50 import DEFAULT_TRIGGERS
 from pipeline.errors import ConfigError
 from pipeline.types import AudioChunk, CaptureWindow, TriggerEvent, TriggerState
 
@@ -111,32 +112,136 @@ def capture_windows(
     return out
 
 
-class TriggerPolicy:
-    """Pure (thread-free) policy turning a detector's events on one stream into triggers.
+PRE_ONSET_S = 0.1  # a sound's first patch starts this long before its onset
+PATCH_S = 0.96  # seconds per classifier patch (features.PATCH_FRAMES frames)
+PATCH_STEP_S = 0.48  # seconds between a sound's patches
+UPDATE_MIN_DELTA = 0.1
+LABEL_MIN = 0.3  # a sound that does not trigger keeps its class label only if this probable  # an UPDATE is sent when the score moves at least this much
+RING_S = 4.0  # seconds of log-mel kept for classification
+SILENT_LOGMEL = math.log(0.001)  # log-mel of digital silence (pads patches at stream end)
 
-    Each detected sound starts a trigger (``START``, as soon as the detector reports it); sounds
-    starting less than ``merge_gap_s`` after the open trigger's end join it (``UPDATE`` when the
-    best label or score changes); the trigger ends (``END``, accepted) once the stream has run
-    ``merge_gap_s`` past its last sound. With the energy gate, which itself reports a sound
-    ``merge_gap_s`` after it ends, START and END come out of the same :meth:`feed`.
+
+class _MelRing:
+    """The last ``RING_S`` seconds of the gate's log-mel frames and their start times."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._np = np
+        self.mel = np.zeros((0, 64), dtype=np.float32)
+        self.t = np.zeros(0)
+        self.cap = int(RING_S / 0.01)
+
+    def push(self, mel, t, new_segment: bool) -> None:
+        np = self._np
+        if new_segment:
+            self.mel, self.t = mel.copy(), t.copy()
+        else:
+            self.mel = np.concatenate([self.mel, mel])[-self.cap :]
+            self.t = np.concatenate([self.t, t])[-self.cap :]
+
+    def patch(self, t0: float, *, final: bool):
+        """The 96 frames from ``t0`` (``float32[96, 64]``); None if they are not all here yet
+        (unless ``final``: then what is here, padded with silence; None if nothing)."""
+        np = self._np
+        n = 96
+        i = int(np.searchsorted(self.t, t0 - 0.005))
+        if i + n <= self.t.size:
+            return self.mel[i : i + n]
+        if not final:
+            return None
+        i = max(0, min(i, self.t.size - n))
+        part = self.mel[i : i + n]
+        if part.shape[0] == 0:
+            return None
+        pad = np.full((n - part.shape[0], part.shape[1]), SILENT_LOGMEL, dtype=np.float32)
+        return np.concatenate([part, pad])
+
+
+@dataclass(slots=True, eq=False)
+class _Sound:
+    """A sound heard by the gate, classified patch by patch while it lasts."""
+
+    onset: float
+    gate_score: float
+    end: float | None = None  # set when the gate closes it
+    gate_event: AudioEvent | None = None
+    next_patch: float = 0.0  # start time of the next patch to classify
+    n_patches: int = 0
+    probs: object = None  # float64[C] sum of patch probabilities
+    inter: object = None  # list of patch interaction scores
+    emb: object = None  # float64[d] sum of patch embeddings
+    label: str = "sound"
+    score: float = 0.0
+    accepted: bool = False
+    final: bool = False
+
+
+@dataclass(slots=True)
+class _Trigger:
+    """The open trigger: its id, best label and score so far, its sounds, and its span."""
+
+    trigger_id: int
+    label: str
+    score: float
+    t_start: float
+    t_end: float
+    sounds: list
+    last_label: str = "sound"
+    last_score: float = 0.0
+
+
+class TriggerPolicy:
+    """Pure (thread-free) policy turning one stream's audio into triggers (DESIGN.md §2.2).
+
+    The gate (:class:`models.audio.energy.EnergyDetector`) hears a sound: the policy sends
+    ``START`` at once (label ``"sound"``). While the sound lasts, the classifier labels its
+    log-mel patches (the first starts 0.1 s before the onset, one every 0.48 s, at most
+    ``max_patches``): each better label or score is an ``UPDATE``. Sounds starting less than
+    ``refractory_s`` after the open trigger's last sound join it (no new START). The trigger ends
+    ``refractory_s`` after its last sound (``END``); it is **accepted** when one of its sounds is
+
+    - a custom (enrolled) sound at or over its threshold, or
+    - labelled with a trigger class whose probability reaches that class's threshold, or
+    - scored as a domestic interaction with probability ≥ ``interaction_threshold``,
+
+    and the capture budget allows it (accepted capture time over the last ``rate_window_s``
+    stays under ``max_capture_fraction`` of it). Otherwise END has ``accepted=False`` and its
+    window is dropped. Hysteresis: once a trigger is accepted, its other sounds extend its span
+    if they score at least ``threshold - hysteresis``. Every sound heard is kept in
+    :attr:`events` with its label, whether it triggered or not.
+
+    Without a classifier (``detector: energy``) every gate sound is accepted as ``"sound"``.
 
     Parameters
     ----------
     stream_id : str
         Stream whose chunks are fed.
     detector : AudioEventDetector
-        Streaming detector (``feed(samples, t_start)`` / ``flush()``).
-    pre_roll_s, post_roll_s : float
-        Capture this long before a sound's start and after its end (s).
-    max_window_s : float
-        Longest capture window (s); longer activity is split.
-    merge_gap_s : float
-        Sounds closer than this (s) belong to one trigger.
-
-    Notes
-    -----
-    :attr:`events` and the accepted triggers behind :meth:`windows` are kept for the life of the
-    policy (a few hundred bytes per sound); a long-running actor should forward them as they come.
+        Streaming gate; if it offers ``open_onset`` and ``frame_sink`` (the energy gate does),
+        START comes as soon as a sound begins and the classifier reuses its log-mel.
+    classifier : object or None
+        :class:`models.audio.cnn.AudioClassifier`-like (``classes``, ``predict(patches)``).
+    custom_sounds : sequence of CustomSound
+        Enrolled sounds (:mod:`models.audio.sounds`); they trigger like classes.
+    classes : sequence of str
+        Trigger classes (ESC-50 names or enrolled sound names).
+    threshold : float
+        Default per-class probability threshold.
+    class_thresholds : dict
+        Per-class overrides (for an enrolled sound: its cosine threshold).
+    interaction_threshold : float
+        Probability of "domestic interaction" that triggers whatever the label (> 1 disables).
+    hysteresis : float
+        Sounds joining an accepted trigger extend it down to ``threshold - hysteresis``.
+    refractory_s : float
+        Sounds closer than this (s) to the open trigger's last sound join it.
+    max_capture_fraction, rate_window_s : float
+        Capture-rate limit.
+    max_patches : int
+        Most patches classified per sound.
+    pre_roll_s, post_roll_s, max_window_s : float
+        Capture window padding and longest window (s).
     """
 
     def __init__(
@@ -144,50 +249,123 @@ class TriggerPolicy:
         stream_id: str,
         detector: AudioEventDetector,
         *,
+        classifier=None,
+        custom_sounds=(),
+        classes: Iterable[str] = DEFAULT_TRIGGERS,
+        threshold: float = 0.5,
+        class_thresholds: dict[str, float] | None = None,
+        interaction_threshold: float = 0.5,
+        hysteresis: float = 0.1,
+        refractory_s: float = 1.0,
+        max_capture_fraction: float = 1.0,
+        rate_window_s: float = 60.0,
+        max_patches: int = 8,
         pre_roll_s: float = 1.0,
         post_roll_s: float = 1.0,
         max_window_s: float = 20.0,
-        merge_gap_s: float = 0.4,
+        merge_gap_s: float | None = None,
     ) -> None:
+        if merge_gap_s is not None:  # older name of refractory_s
+            refractory_s = merge_gap_s
         _check_tunables(
-            pre_roll_s=pre_roll_s, post_roll_s=post_roll_s,
-            max_window_s=max_window_s, merge_gap_s=merge_gap_s,
+            pre_roll_s=pre_roll_s, post_roll_s=post_roll_s, max_window_s=max_window_s,
+            refractory_s=refractory_s, threshold=threshold, hysteresis=hysteresis,
+            interaction_threshold=interaction_threshold, rate_window_s=rate_window_s,
+            max_capture_fraction=max_capture_fraction,
         )  # fmt: skip
+        if rate_window_s <= 0 or max_capture_fraction <= 0:
+            raise ConfigError("trigger rate_window_s and max_capture_fraction must be > 0")
+        if not (isinstance(max_patches, int) and max_patches >= 1):
+            raise ConfigError(f"trigger max_patches must be an integer >= 1, got {max_patches!r}")
         self.stream_id = stream_id
         self.detector = detector
+        self.classifier = classifier
+        self.custom_sounds = list(custom_sounds)
         self.pre_roll_s = float(pre_roll_s)
         self.post_roll_s = float(post_roll_s)
         self.max_window_s = float(max_window_s)
-        self.merge_gap_s = float(merge_gap_s)
+        self.refractory_s = float(refractory_s)
+        self.threshold = float(threshold)
+        self.interaction_threshold = float(interaction_threshold)
+        self.hysteresis = float(hysteresis)
+        self.max_capture_fraction = float(max_capture_fraction)
+        self.rate_window_s = float(rate_window_s)
+        self.max_patches = max_patches
+        custom = {s.name: s for s in self.custom_sounds}
+        known = set(getattr(classifier, "classes", ())) | set(custom)
+        self.classes = tuple(dict.fromkeys([*classes, *custom]))
+        if classifier is not None:
+            unknown = [c for c in self.classes if c not in known]
+            if unknown:
+                raise ConfigError(
+                    f"unknown trigger classes {unknown}: use ESC-50 class names or enroll "
+                    "them with 'eidetic sounds add'"
+                )
+        thresholds = dict(class_thresholds or {})
+        for name, value in thresholds.items():
+            _check_tunables(**{f"class_thresholds.{name}": value})
+        self._thr = {c: thresholds.get(c, custom[c].threshold if c in custom else self.threshold)
+                     for c in self.classes}  # fmt: skip
+        self._custom = [s for s in self.custom_sounds if s.name in self._thr]
+        self._class_idx = {c: i for i, c in enumerate(getattr(classifier, "classes", ()))}
+        self._ring = _MelRing() if classifier is not None else None
+        self._streaming = hasattr(detector, "open_onset")
+        if self._ring is not None:
+            if not hasattr(detector, "frame_sink"):
+                raise ConfigError("the classifier needs a gate that shares its log-mel (energy)")
+            detector.frame_sink = self._on_frames
+        self._sounds: list[_Sound] = []  # heard, not yet final
         self._events: list[AudioEvent] = []
         self._ended: list[TriggerEvent] = []
         self._open: _Trigger | None = None
         self._next_id = 0
+        self._captured: list[tuple[float, float]] = []  # accepted padded spans (rate limit)
+        self._pending_out: list[TriggerEvent] = []
 
     @classmethod
-    def from_config(cls, stream_id: str, cfg: TriggerConfig) -> TriggerPolicy:
-        """Build the configured detector (``cfg.detector``, e.g. ``"energy"``) and the policy."""
-        from models.registry import AUDIO_DETECTORS, create
+    def from_config(
+        cls, stream_id: str, cfg: TriggerConfig, *, classifier=None, custom_sounds=None,
+        store_path=None,
+    ) -> TriggerPolicy:
+        """Build the configured gate, classifier (``cfg.detector``) and policy.
 
-        detector = create(
-            AUDIO_DETECTORS,
-            cfg.detector,
-            k_mad=cfg.k_mad,
-            min_rise_db=cfg.min_rise_db,
-            floor_dbfs=cfg.floor_dbfs,
-            background_s=cfg.background_s,
-            min_event_s=cfg.min_event_s,
+        ``classifier`` / ``custom_sounds`` may be passed in to share one loaded model; by default
+        the ``cnn`` detector loads ``cfg.weights`` (the shipped weights if empty) and the sounds
+        enrolled in ``cfg.sounds_dir`` (default ``<store_path>/sounds``).
+        """
+        from models.audio.energy import EnergyDetector
+
+        gate = EnergyDetector(
+            k_mad=cfg.k_mad, min_rise_db=cfg.min_rise_db, floor_dbfs=cfg.floor_dbfs,
+            background_s=cfg.background_s, min_event_s=cfg.min_event_s,
             merge_gap_s=cfg.merge_gap_s,
-        )
+        )  # fmt: skip
+        if cfg.detector == "cnn":
+            if classifier is None:
+                classifier = load_classifier(cfg)
+            if custom_sounds is None:
+                custom_sounds = load_custom_sounds(cfg, store_path)
+        else:
+            classifier, custom_sounds = None, ()
         return cls(
-            stream_id, detector, pre_roll_s=cfg.pre_roll_s, post_roll_s=cfg.post_roll_s,
-            max_window_s=cfg.max_window_s, merge_gap_s=cfg.merge_gap_s,
+            stream_id, gate, classifier=classifier, custom_sounds=custom_sounds or (),
+            classes=cfg.classes, threshold=cfg.threshold,
+            class_thresholds=dict(cfg.class_thresholds),
+            interaction_threshold=cfg.interaction_threshold, hysteresis=cfg.hysteresis,
+            refractory_s=cfg.refractory_s, max_capture_fraction=cfg.max_capture_fraction,
+            rate_window_s=cfg.rate_window_s, max_patches=cfg.max_patches,
+            pre_roll_s=cfg.pre_roll_s, post_roll_s=cfg.post_roll_s, max_window_s=cfg.max_window_s,
         )  # fmt: skip
 
     @property
     def events(self) -> list[AudioEvent]:
-        """Every sound detected so far, triggering or not (a copy, in detection order)."""
+        """Every sound heard so far, triggering or not, labelled (a copy, in time order)."""
         return list(self._events)
+
+    @property
+    def triggers(self) -> list[TriggerEvent]:
+        """The END message of every trigger ended so far (accepted or not)."""
+        return list(self._ended)
 
     def feed(self, chunk: AudioChunk) -> list[TriggerEvent]:
         """Feed the next contiguous chunk of this stream; return the trigger changes it caused."""
@@ -201,11 +379,11 @@ class TriggerPolicy:
                 f"chunk of stream {chunk.stream_id!r} fed to the policy of {self.stream_id!r}"
             )
         found = self.detector.feed(chunk.samples, chunk.t_start)
-        return self._handle(found, now=chunk.t_end)
+        return self._step(found, now=chunk.t_end, final=False)
 
     def flush(self) -> list[TriggerEvent]:
-        """End of stream: let the detector close its last sound and end the open trigger."""
-        return self._handle(self.detector.flush(), now=math.inf)
+        """End of stream: close the last sound, classify what is left, end the open trigger."""
+        return self._step(self.detector.flush(), now=math.inf, final=True)
 
     def windows(self, duration_s: float | None = None) -> list[CaptureWindow]:
         """Capture windows of the accepted triggers so far (see :func:`capture_windows`)."""
@@ -214,40 +392,242 @@ class TriggerPolicy:
             post_roll_s=self.post_roll_s, max_window_s=self.max_window_s, duration_s=duration_s,
         )  # fmt: skip
 
-    def _handle(self, found: list[AudioEvent], *, now: float) -> list[TriggerEvent]:
+    # ------------------------------------------------------------------ sounds
+
+    def _on_frames(self, mel, t, new_segment: bool) -> None:
+        if new_segment and self._sounds:
+            self._pending_out += self._classify(final=True, now=math.inf)
+        self._ring.push(mel, t, new_segment)
+
+    def _sound(self, onset: float, score: float) -> tuple[_Sound, list[TriggerEvent]]:
+        """The known sound starting at ``onset``, or a new one (possibly starting a trigger)."""
+        for s in self._sounds:
+            if abs(s.onset - onset) < 1e-6:
+                return s, []
+        s = _Sound(onset, score, next_patch=max(0.0, onset - PRE_ONSET_S))
+        self._sounds.append(s)
         out: list[TriggerEvent] = []
-        for ev in sorted(found, key=lambda e: e.t_start):
-            self._events.append(ev)
-            o = self._open
-            if o is not None and ev.t_start - o.t_end < self.merge_gap_s:
-                o.t_end = max(o.t_end, ev.t_end)
-                if ev.score > o.score:  # a better-scored sound names the trigger
-                    o.label, o.score = ev.label, ev.score
-                    out.append(self._message(TriggerState.UPDATE, ev.t_start))
-                continue
-            if o is not None:
-                out.append(self._end())
-            self._open = _Trigger(self._next_id, ev.label, ev.score, ev.t_start, ev.t_end)
+        o = self._open
+        if o is not None and onset - o.t_end >= self.refractory_s and not self._busy(o):
+            out += self._end()
+            o = None
+        if o is None:
+            self._open = _Trigger(self._next_id, "sound", score, onset, onset, [s], "sound", score)
             self._next_id += 1
-            out.append(self._message(TriggerState.START, ev.t_start))
-        if self._open is not None and now >= self._open.t_end + self.merge_gap_s - EPS_S:
-            out.append(self._end())
+            out.append(self._message(TriggerState.START, onset))
+        else:
+            o.sounds.append(s)
+        return s, out
+
+    def _drop_vanished(self, onset: float | None) -> None:
+        """Forget open sounds the gate dropped (shorter than its min_event_s)."""
+        for s in [s for s in self._sounds if s.end is None]:
+            if onset is None or abs(s.onset - onset) >= 1e-6:
+                self._sounds.remove(s)
+                if self._open is not None and s in self._open.sounds:
+                    self._open.sounds.remove(s)
+
+    def _busy(self, o: _Trigger) -> bool:
+        return any(not s.final for s in o.sounds)
+
+    def _step(self, found: list[AudioEvent], *, now: float, final: bool) -> list[TriggerEvent]:
+        out, self._pending_out = self._pending_out, []
+        for ev in sorted(found, key=lambda e: e.t_start):
+            s, msgs = self._sound(ev.t_start, ev.score)
+            out += msgs
+            s.end, s.gate_event = ev.t_end, ev
+            if self._open is not None and s in self._open.sounds:
+                self._open.t_end = max(self._open.t_end, ev.t_end)
+        onset = getattr(self.detector, "open_onset", None) if not final else None
+        self._drop_vanished(onset)
+        if onset is not None:
+            _, msgs = self._sound(onset, 0.0)
+            out += msgs
+        out += self._classify(final=final, now=now)
+        o = self._open
+        if o is not None and not self._busy(o) and (final or now >= o.t_end + self.refractory_s - EPS_S):
+            out += self._end()
         return out
 
-    def _message(self, state: TriggerState, t: float) -> TriggerEvent:
+    def _classify(self, *, final: bool, now: float) -> list[TriggerEvent]:
+        """Classify every patch now available; finalise sounds that are done."""
+        if self._ring is None:
+            for s in list(self._sounds):
+                if s.gate_event is not None:
+                    ev = s.gate_event
+                    s.label, s.score, s.accepted = ev.label, ev.score, True
+                    s.n_patches = 1
+                    self._finish(s)
+            return self._after_sounds(now)
+        jobs: list[tuple[_Sound, object]] = []
+        for s in self._sounds:
+            while s.n_patches + sum(1 for j in jobs if j[0] is s) < self.max_patches:
+                k = s.n_patches + sum(1 for j in jobs if j[0] is s)
+                t0 = s.next_patch + k * PATCH_STEP_S
+                if k > 0 and s.end is not None and t0 > s.end - PATCH_STEP_S:
+                    break  # the sound is covered
+                patch = self._ring.patch(t0, final=final)
+                if patch is None:
+                    break
+                jobs.append((s, patch))
+        if jobs:
+            import numpy as np
+
+            pred = self.classifier.predict(np.stack([p for _, p in jobs]))
+            for i, (s, _) in enumerate(jobs):
+                self._add_patch(s, pred.probs[i], float(pred.interaction[i]), pred.embedding[i])
+        for s in list(self._sounds):
+            if s.end is None:
+                continue
+            k = s.n_patches
+            t0 = s.next_patch + k * PATCH_STEP_S
+            done = k >= self.max_patches or (k > 0 and t0 > s.end - PATCH_STEP_S) or final
+            if done:
+                self._finish(s)
+        return self._after_sounds(now)
+
+    def _add_patch(self, s: _Sound, probs, inter: float, emb) -> None:
+        import numpy as np
+
+        if s.probs is None:
+            s.probs, s.inter, s.emb = np.zeros(len(probs)), [], np.zeros(len(emb))
+        s.probs += probs
+        s.inter.append(inter)
+        s.emb += emb
+        s.n_patches += 1
+        s.label, s.score, s.accepted = self._judge(s)
+
+    def _judge(self, s: _Sound) -> tuple[str, float, bool]:
+        """Label, score and decision of a sound from its patches so far."""
+        import numpy as np
+
+        probs = s.probs / s.n_patches
+        emb = s.emb / max(float(np.linalg.norm(s.emb)), 1e-12)
+        inter = float(max(s.inter))
+        best = None
+        for c in self._custom:
+            sim = c.similarity(emb.astype(np.float32))
+            if sim >= self._thr[c.name] and (best is None or sim > best[1]):
+                best = (c.name, sim)
+        if best is not None:
+            return best[0], best[1], True
+        top = int(np.argmax(probs))
+        label, p = self.classifier.classes[top], float(probs[top])
+        if label in self._thr and p >= self._thr[label]:
+            return label, p, True
+        if inter >= self.interaction_threshold:
+            return (label if label in self._thr else "interaction"), inter, True
+        return (label if p >= LABEL_MIN else "sound"), p, False
+
+    def _finish(self, s: _Sound) -> None:
+        import numpy as np
+
+        s.final = True
+        self._sounds.remove(s)
+        ev = s.gate_event
+        emb = ev.embedding if ev is not None else None
+        if s.emb is not None:
+            emb = (s.emb / max(float(np.linalg.norm(s.emb)), 1e-12)).astype(np.float32)
+        end = s.end if s.end is not None else s.onset
+        self._events.append(AudioEvent(s.label, float(s.score), s.onset, end, embedding=emb))
+
+    def _after_sounds(self, now: float) -> list[TriggerEvent]:
+        """UPDATE the open trigger when its best label or score moved."""
+        o = self._open
+        if o is None:
+            return []
+        judged = [s for s in o.sounds if s.n_patches > 0]
+        if not judged:
+            return []
+        best = max(judged, key=lambda s: (s.accepted, s.score))
+        o.label, o.score = best.label, best.score
+        if best.label == o.last_label and abs(best.score - o.last_score) < UPDATE_MIN_DELTA:
+            return []
+        o.last_label, o.last_score = best.label, best.score
+        return [self._message(TriggerState.UPDATE, now if math.isfinite(now) else o.t_end)]
+
+    # ------------------------------------------------------------------ triggers
+
+    def _message(self, state: TriggerState, t: float, *, accepted: bool = True) -> TriggerEvent:
         o = self._open
         assert o is not None
         return TriggerEvent(
-            o.trigger_id, self.stream_id, state, o.label, o.score, t, o.t_start, o.t_end
-        )
+            o.trigger_id, self.stream_id, state, o.label, o.score, t, o.t_start, o.t_end,
+            accepted=accepted,
+        )  # fmt: skip
 
-    def _end(self) -> TriggerEvent:
-        assert self._open is not None
-        end = self._message(TriggerState.END, self._open.t_end)
+    def _end(self) -> list[TriggerEvent]:
+        o = self._open
+        assert o is not None
+        sounds = [s for s in o.sounds if s.final]
+        accepted = [s for s in sounds if s.accepted]
+        if accepted:
+            best = max(accepted, key=lambda s: s.score)
+            keep = [s for s in sounds if s.accepted or (
+                s.label == best.label and s.score >= self._thr.get(s.label, self.threshold) - self.hysteresis
+            )]  # fmt: skip
+            o.label, o.score = best.label, best.score
+            o.t_start = min(s.onset for s in keep)
+            o.t_end = max(s.end if s.end is not None else s.onset for s in keep)
+        ok = bool(accepted) and self._within_budget(o)
+        end = self._message(TriggerState.END, o.t_end, accepted=ok)
         logger.debug(
-            "stream %s trigger %d: %s %.3f-%.3f s (score %.2f)",
+            "stream %s trigger %d: %s %.3f-%.3f s (score %.2f) %s",
             self.stream_id, end.trigger_id, end.label, end.t_start, end.t_end, end.score,
+            "accepted" if ok else "rejected",
         )  # fmt: skip
         self._ended.append(end)
         self._open = None
-        return end
+        return [end]
+
+    def _within_budget(self, o: _Trigger) -> bool:
+        """Record the trigger's padded span unless it would exceed the capture-rate limit."""
+        s, t = o.t_start - self.pre_roll_s, o.t_end + self.post_roll_s
+        lo = t - self.rate_window_s
+        self._captured = [(a, b) for a, b in self._captured if b > lo]
+        used = sum(b - max(a, lo) for a, b in merge_intervals(self._captured))
+        new = sum(b - max(a, lo) for a, b in merge_intervals([*self._captured, (s, t)])) - used
+        if used + new > self.max_capture_fraction * self.rate_window_s + EPS_S:
+            logger.warning(
+                "stream %s: trigger %d (%s at %.1f s) dropped: capture rate over %.0f%% of %.0f s",
+                self.stream_id, o.trigger_id, o.label, o.t_start,
+                100 * self.max_capture_fraction, self.rate_window_s,
+            )  # fmt: skip
+            return False
+        self._captured.append((s, t))
+        return True
+
+
+def merge_intervals(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Union of intervals, sorted and non-overlapping."""
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def load_classifier(cfg: TriggerConfig):
+    """The audio classifier of ``cfg`` (``cfg.weights`` or the shipped weights)."""
+    from models.audio.cnn import AudioClassifier
+
+    return AudioClassifier(cfg.weights)
+
+
+def sounds_dir(cfg: TriggerConfig, store_path=None):
+    """Directory of the enrolled sounds: ``cfg.sounds_dir``, else ``<store>/sounds``."""
+    from pathlib import Path
+
+    if cfg.sounds_dir is not None:
+        return Path(cfg.sounds_dir)
+    return Path(store_path if store_path is not None else "./eidetic-data") / "sounds"
+
+
+def load_custom_sounds(cfg: TriggerConfig, store_path=None) -> list:
+    """The sounds enrolled in :func:`sounds_dir`."""
+    from models.audio.esc50 import CLASSES
+    from models.audio.sounds import SoundLibrary
+
+    return SoundLibrary(sounds_dir(cfg, store_path), builtin=CLASSES).load()

@@ -68,3 +68,11 @@ def test_example_documents_every_key():
     for section, fields in example.items():
         assert set(fields) == set(type(getattr(model, section)).model_fields), section
     assert load_config(REPO / "deploy" / "config.example.yaml", environ={}) == load_config(environ={})
+
+
+def test_example_file_is_what_the_code_writes():
+    from pipeline.config import example_yaml
+
+    assert (REPO / "deploy" / "config.example.yaml").read_text() == example_yaml(), (
+        "regenerate with: eidetic config example > deploy/config.example.yaml"
+    )

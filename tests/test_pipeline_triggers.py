@@ -60,20 +60,24 @@ def spans(ws: list[CaptureWindow]) -> list[tuple[float, float]]:
 # ----------------------------------------------------------------------------- life cycle
 
 
-def test_energy_gate_starts_and_ends_in_the_same_feed() -> None:
+def test_energy_gate_starts_at_the_onset_and_ends_after_the_refractory_time() -> None:
     clicks = [1.0, 3.0, 5.5, 8.0]
-    policy = TriggerPolicy("cam", EnergyDetector())
-    per_feed = [policy.feed(c) for c in chunks_of(tone_with_clicks(10.0, clicks))]
-    per_feed.append(policy.flush())
-    out = [m for msgs in per_feed for m in msgs]
-    assert [m.state for m in out] == [START, END] * len(clicks)
-    assert [m.trigger_id for m in out] == [0, 0, 1, 1, 2, 2, 3, 3]
-    for msgs in per_feed:
-        assert {m.trigger_id for m in msgs if m.state is START} == {
-            m.trigger_id for m in msgs if m.state is END
-        }
-    for m, t in zip(out[::2], clicks):
-        assert m.stream_id == "cam" and m.label == "sound" and abs(m.t - t) <= 0.1
+    policy = TriggerPolicy("cam", EnergyDetector(), refractory_s=0.5)
+    sent = []  # (stream time the message came out, message)
+    for c in chunks_of(tone_with_clicks(10.0, clicks), chunk_s=0.24):
+        sent += [(c.t_end, m) for m in policy.feed(c)]
+    sent += [(10.0, m) for m in policy.flush()]
+    out = [m for _, m in sent]
+    assert sorted({m.trigger_id for m in out}) == [0, 1, 2, 3]
+    for tid, click in enumerate(clicks):
+        msgs = [(at, m) for at, m in sent if m.trigger_id == tid]
+        assert msgs[0][1].state is START and msgs[-1][1].state is END
+        assert {m.state for _, m in msgs[1:-1]} <= {UPDATE}
+        start_at, start = msgs[0]
+        assert abs(start.t - click) <= 0.05 and start_at - click <= 0.5  # START comes fast
+        end_at, ended = msgs[-1]
+        assert ended.accepted and ended.label == "sound" and ended.score > 0.5
+        assert 0.5 <= end_at - ended.t_end <= 0.5 + 0.24 + 1e-6  # refractory time, one chunk
     assert len(policy.events) == len(clicks)
     # bursts at 1 and 3 s: padded spans [0, ~2.15] and [2, ~4.15] merge; the others stay apart
     ws = policy.windows(10.0)
@@ -82,7 +86,7 @@ def test_energy_gate_starts_and_ends_in_the_same_feed() -> None:
     assert ws[2].t_end <= 10.0 and ws[1].labels == ("sound",)
 
 
-def test_update_when_a_better_sound_joins_then_end_after_merge_gap() -> None:
+def test_update_when_a_better_sound_joins_then_end_after_refractory_time() -> None:
     det = ScriptedDetector(
         [
             [AudioEvent("sound", 0.5, 1.0, 1.2)],
@@ -92,10 +96,10 @@ def test_update_when_a_better_sound_joins_then_end_after_merge_gap() -> None:
             [AudioEvent("sound", 0.4, 3.0, 3.1)],
         ]
     )
-    policy = TriggerPolicy("cam", det, merge_gap_s=0.4)
+    policy = TriggerPolicy("cam", det, refractory_s=0.4)
     got = [policy.feed(c) for c in (chunk(0, 1.3), chunk(1.3, 1.65), chunk(1.65, 1.9))]
     assert [[m.state for m in msgs] for msgs in got] == [[START], [UPDATE], []]
-    assert (got[1][0].label, got[1][0].score, got[1][0].t) == ("knock", 0.9, 1.4)
+    assert (got[1][0].label, got[1][0].score, got[1][0].t) == ("knock", 0.9, 1.65)
     (ended,) = policy.feed(chunk(1.9, 2.3))  # 2.3 >= 1.8 + 0.4: the trigger is over
     assert ended.state is END and ended.accepted and ended.trigger_id == 0
     assert (ended.label, ended.score, ended.t_start, ended.t_end) == ("knock", 0.9, 1.0, 1.8)
@@ -126,16 +130,17 @@ def test_chunk_of_another_stream_or_rate_is_refused() -> None:
 
 def test_from_config_builds_the_energy_gate() -> None:
     cfg = TriggerConfig(
-        k_mad=3.0, min_rise_db=6.0, floor_dbfs=-60.0, background_s=2.0, min_event_s=0.1,
-        merge_gap_s=0.3, pre_roll_s=0.5, post_roll_s=2.0, max_window_s=10.0,
+        detector="energy", k_mad=3.0, min_rise_db=6.0, floor_dbfs=-60.0, background_s=2.0,
+        min_event_s=0.1, merge_gap_s=0.3, pre_roll_s=0.5, post_roll_s=2.0, max_window_s=10.0,
+        refractory_s=0.7,
     )  # fmt: skip
     policy = TriggerPolicy.from_config("cam", cfg)
     det = policy.detector
-    assert isinstance(det, EnergyDetector)
+    assert isinstance(det, EnergyDetector) and policy.classifier is None
     assert (det.k_mad, det.min_rise_db, det.floor_dbfs) == (3.0, 6.0, -60.0)
     assert (det.background_s, det.min_event_s, det.merge_gap_s) == (2.0, 0.1, 0.3)
     assert (policy.pre_roll_s, policy.post_roll_s) == (0.5, 2.0)
-    assert (policy.max_window_s, policy.merge_gap_s, policy.stream_id) == (10.0, 0.3, "cam")
+    assert (policy.max_window_s, policy.refractory_s, policy.stream_id) == (10.0, 0.7, "cam")
 
 
 def test_module_imports_neither_ray_nor_librosa() -> None:
@@ -204,7 +209,7 @@ def test_esc50_sounds_are_captured(shared_data: Path, rng: np.random.Generator) 
         name = next(r["filename"] for r in rows if r["category"] == category)
         y, _ = sf.read(root / "audio" / Path(name).with_suffix(".flac"), dtype="float32")
         mix[int(offset * SR) : int(offset * SR) + y.size] += y
-    policy = TriggerPolicy("cam", EnergyDetector())
+    policy = TriggerPolicy("cam", EnergyDetector(), refractory_s=0.4)
     msgs = [m for c in chunks_of(mix) for m in policy.feed(c)] + policy.flush()
     starts = [m.t for m in msgs if m.state is START]
     assert len(starts) == sum(m.state is END for m in msgs) >= 2

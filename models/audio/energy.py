@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -181,6 +182,9 @@ class EnergyDetector:
         self._hist_fl = np.zeros(0)
         self._pending: list[_Frames] = []  # frames held back during the first WARM_S
         self._open: _Open | None = None
+        self.frame_sink: Callable[[np.ndarray, np.ndarray, bool], None] | None = None
+        """Called with ``(log_mel float32[n, 64], frame_start_s float64[n], new_segment)`` for each
+        batch of frames as they are computed (a classifier reuses the gate's log-mel)."""
         self._new_segment()
 
     def _new_segment(self) -> None:
@@ -190,6 +194,11 @@ class EnergyDetector:
         self._seg_t0: float | None = None
         self._seg_k0 = self._k
         self._seg_samples = 0
+
+    @property
+    def open_onset(self) -> float | None:
+        """Start (s) of the sound being heard now, before it is complete; None when quiet."""
+        return None if self._open is None else self._open.t_first
 
     @property
     def state_nbytes(self) -> int:
@@ -255,6 +264,8 @@ class EnergyDetector:
         flux = np.maximum(rise, 0.0).mean(axis=1, dtype=np.float64) * DB_PER_NEPER
         k = self._k + np.arange(n, dtype=np.int64)
         t = self._seg_t0 + ((k - self._seg_k0) * HOP + _SLOT_OFFSET) / self.sample_rate
+        if self.frame_sink is not None:
+            self.frame_sink(mel, t - _SLOT_OFFSET / self.sample_rate, self._prev_mel is None)
         self._prev_mel = mel[-1].copy()
         self._carry = buf[n * HOP :].copy()
         self._k += n

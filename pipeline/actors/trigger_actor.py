@@ -18,12 +18,12 @@ logger = logging.getLogger(__name__)
 class TriggerActor:
     """Wraps :class:`pipeline.triggers.TriggerPolicy` for one stream."""
 
-    def __init__(self, stream_id: str, cfg: TriggerConfig) -> None:
+    def __init__(self, stream_id: str, cfg: TriggerConfig, store_path: str | None = None) -> None:
         from models.audio.features import warm_up
         from pipeline.triggers import TriggerPolicy
 
         warm_up()  # pay librosa's JIT once, at start-up
-        self.policy = TriggerPolicy.from_config(stream_id, cfg)
+        self.policy = TriggerPolicy.from_config(stream_id, cfg, store_path=store_path)
         self.chunks = 0
         self.latency = Latency()
 
