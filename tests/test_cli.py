@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import need
+from tests.media import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,11 +71,40 @@ def test_events_json_on_generated_video(tiny_video):
     r = eidetic("events", str(tiny_video), "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert set(doc) == {"media", "duration_s", "events", "capture_windows"}
-    starts = sorted(e["t_start"] for e in doc["events"])
+    assert {"media", "duration_s", "events", "capture_windows"} <= set(doc) and doc["trigger"] == "audio"
+    starts = sorted(e["t_start"] for e in doc["events"])  # every sound heard, triggering or not
     assert len(starts) == 2 and np.allclose(starts, [0.8, 2.0], atol=0.1)
+    for e in doc["events"]:
+        assert set(e) == {"t_start", "t_end", "label", "score", "trigger"} and 0 <= e["score"] <= 1
     for w in doc["capture_windows"]:
         assert 0 <= w["t_start"] < w["t_end"] <= doc["duration_s"] + 1e-6
+    # the weight-free gate alone captures every sound
+    r = eidetic("events", str(tiny_video), "--json", env={"EIDETIC__TRIGGER__DETECTOR": "energy"})
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and all(e["trigger"] and e["label"] == "sound" for e in doc["events"])
+    assert len(doc["capture_windows"]) >= 1
+
+
+def test_events_on_video_without_audio_use_the_visual_trigger(tmp_path):
+    video = write_video(tmp_path / "mute.mp4", duration_s=4.0, audio=False)
+    r = eidetic("events", str(video), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["trigger"] == "visual" and "visual-change" in r.stderr
+    assert doc["events"] and all(e["label"] == "visual_change" for e in doc["events"])
+    assert doc["events"][0]["t_start"] == 0.0  # what the camera sees at the start is captured
+    assert doc["capture_windows"] and doc["capture_windows"][0]["t_start"] == 0.0
+
+
+def test_events_on_audio_only_file_and_bad_media(tmp_path):
+    audio = write_video(tmp_path / "clicks.m4a", duration_s=3.0, video=False, clicks_at=[1.0])
+    r = eidetic("events", str(audio), "--json")
+    assert r.returncode == 0, r.stderr
+    assert [round(e["t_start"]) for e in json.loads(r.stdout)["events"]] == [1]
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 4096)
+    r = eidetic("events", str(bad), "--json")
+    assert r.returncode == 3 and "error" in json.loads(r.stdout)
 
 
 def test_track_writes_masks_in_input_mode(tmp_path, shared_data):

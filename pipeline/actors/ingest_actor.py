@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import ray
 
 from pipeline.actors.common import InFlight
@@ -14,6 +15,8 @@ from pipeline.ingest import DecodeCounter, MediaInfo, iter_audio, iter_video
 from pipeline.types import CaptureWindow, FramePacket
 
 logger = logging.getLogger(__name__)
+
+SILENT_PEAK = 10 ** (-90 / 20)  # audio never louder than -90 dBFS is a muted microphone
 
 
 def continuous_windows(stream_id: str, duration_s: float, max_window_s: float) -> list[CaptureWindow]:
@@ -33,6 +36,7 @@ class IngestActor:
         self.info, self.stream_id, self.cfg = info, stream_id, cfg
         self.stage, self.done, self.total = "starting", 0.0, info.duration_s or 0.0
         self.report = {"frames_decoded": 0, "frames_processed": 0, "triggers": 0, "episodes": 0}
+        self.peak = 0.0  # loudest audio sample seen (a silent track falls back to video)
 
     def progress(self) -> tuple[str, float, float]:
         return self.stage, self.done, self.total
@@ -43,9 +47,10 @@ class IngestActor:
         windows, sounds = self._audio_pass(trigger) if self.info.has_audio else ([], [])
         if sounds:
             ray.get(memory.add_sounds.remote(self.info.source, sounds))
-        if not self.info.has_audio and self.info.has_video:
-            logger.warning("%s has no audio: capturing continuously", self.info.source)
-            windows = continuous_windows(self.stream_id, self.total, self.cfg.trigger.max_window_s)
+        if self.info.has_video and (not self.info.has_audio or self.peak < SILENT_PEAK):
+            why = "has no audio" if not self.info.has_audio else "has a silent audio track"
+            logger.warning("%s %s: using the visual-change trigger", self.info.source, why)
+            windows = self._visual_pass()
         if self.cfg.ingest.every_frame and self.info.has_video:
             windows = continuous_windows(self.stream_id, self.total, self.cfg.trigger.max_window_s)
         self._video_pass(windows, sounds, perception)
@@ -57,14 +62,34 @@ class IngestActor:
         in_flight = InFlight(self.cfg.ray.max_in_flight)
         end = 0.0
         for chunk in iter_audio(self.info.source, stream_id=self.stream_id, chunk_s=self.cfg.ingest.chunk_s):
+            if chunk.samples.size:
+                self.peak = max(self.peak, float(np.max(np.abs(chunk.samples))))
             in_flight.add(trigger.feed.remote(chunk))
             end = chunk.t_end
             self.done = end
         events = [e for batch in in_flight.drain() for e in batch]
         last, windows, sounds = ray.get(trigger.finish.remote(self.info.duration_s or end))
-        self.report["triggers"] = sum(1 for e in events + last if e.state.value == "start")
+        ends = [e for e in events + last if e.state.value == "end"]
+        self.report["triggers"] = sum(1 for e in ends if e.accepted)
+        self.report["sounds"] = len(sounds)
         self.total = max(self.total, end)
         return windows, sounds
+
+    def _visual_pass(self) -> list[CaptureWindow]:
+        """Windows around visual changes (whole video decoded at ``trigger.visual_fps``)."""
+        from pipeline.triggers import capture_windows
+        from pipeline.visual_trigger import detect_visual_changes, visual_trigger_events
+
+        self.stage, self.done = "visual", 0.0
+        cfg = self.cfg.trigger
+        changes, seen = detect_visual_changes(self.info.source, stream_id=self.stream_id, fps=cfg.visual_fps)
+        self.total = max(self.total, seen)
+        self.report["triggers"] = len(changes)
+        return capture_windows(
+            visual_trigger_events(changes, stream_id=self.stream_id), stream_id=self.stream_id,
+            pre_roll_s=cfg.pre_roll_s, post_roll_s=cfg.post_roll_s, max_window_s=cfg.max_window_s,
+            duration_s=self.total or None,
+        )
 
     def _video_pass(self, windows: list[CaptureWindow], sounds: list, perception) -> None:
         """Decode video inside every window in one pass over the file (one open, one seek per

@@ -102,10 +102,12 @@ def test_reasoner_actor_answers(demo_store, ray_session):
 
 def test_python_api_ingest_then_query(tmp_path, ray_session):
     from pipeline import Eidetic
+    from pipeline.config import load_config
     from tests.media import write_video
 
     video = write_video(tmp_path / "clip.mp4", duration_s=6.0, clicks_at=[1.5, 4.5])
-    app = Eidetic(tmp_path / "store")
+    # noise bursts are no interaction sound: the weight-free gate, which captures every sound
+    app = Eidetic(tmp_path / "store", config=load_config(trigger={"detector": "energy"}))
     report = app.ingest(str(video))
     (src,) = report["sources"]
     assert src["error"] is None and src["episodes"] == 2 and src["triggers"] == 2
@@ -117,4 +119,17 @@ def test_python_api_ingest_then_query(tmp_path, ray_session):
     first = min(answer.evidence, key=lambda h: h.episode.t_start).episode
     assert first.t_start <= 1.5 <= first.t_end and first.objects  # the moving squares were tracked
     assert app.store.check()["ok"]
+    app.close()
+
+
+def test_video_without_audio_builds_memory_from_visual_changes(tmp_path, ray_session):
+    from pipeline import Eidetic
+    from tests.media import write_video
+
+    video = write_video(tmp_path / "mute.mp4", duration_s=4.0, audio=False)
+    app = Eidetic(tmp_path / "store")
+    (src,) = app.ingest(str(video))["sources"]
+    assert src["error"] is None and src["triggers"] >= 1 and src["episodes"] >= 1
+    episodes = app.store.episodes()
+    assert episodes and episodes[0].t_start == 0.0 and "visual_change" in episodes[0].labels
     app.close()
