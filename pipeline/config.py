@@ -89,7 +89,6 @@ class TriggerConfig(_Section):
         0.6, gt=0, le=1, description="Most of any rate_window_s that triggers may capture."
     )
     rate_window_s: float = Field(60.0, gt=0, le=86400, description="Capture-rate window (s).")
-    max_patches: int = Field(8, ge=1, le=100, description="Most 0.96 s patches classified per sound.")
     visual_fps: float = Field(
         2.0, gt=0, le=30,
         description="Video without audio: frames per second compared by the visual-change trigger.",

@@ -112,17 +112,17 @@ def capture_windows(
     return out
 
 
-PRE_ONSET_S = 0.1  # a sound's first patch starts this long before its onset
-PATCH_S = 0.96  # seconds per classifier patch (features.PATCH_FRAMES frames)
-PATCH_STEP_S = 0.48  # seconds between a sound's patches
-UPDATE_MIN_DELTA = 0.1
-LABEL_MIN = 0.3  # a sound that does not trigger keeps its class label only if this probable  # an UPDATE is sent when the score moves at least this much
-RING_S = 4.0  # seconds of log-mel kept for classification
-SILENT_LOGMEL = math.log(0.001)  # log-mel of digital silence (pads patches at stream end)
+PATCH_FRAMES = 96  # frames per classifier patch (0.96 s)
+PATCH_HOP = 48  # frames between the starts of two patches (0.48 s): every patch is classified
+UPDATE_MIN_DELTA = 0.1  # an UPDATE is sent when the score moves at least this much
+LABEL_MIN = 0.3  # a sound that does not trigger keeps its class label only if this probable
+RING_FRAMES = 400  # log-mel frames kept for classification (4 s)
+SCAN_GAP = 1  # a scan-found sound ends after this many patches without trigger evidence
+SILENT_LOGMEL = math.log(0.001)  # log-mel of digital silence (pads the last patch of a stream)
 
 
 class _MelRing:
-    """The last ``RING_S`` seconds of the gate's log-mel frames and their start times."""
+    """The latest log-mel frames of the current segment, indexed by frame number in it."""
 
     def __init__(self) -> None:
         import numpy as np
@@ -130,51 +130,70 @@ class _MelRing:
         self._np = np
         self.mel = np.zeros((0, 64), dtype=np.float32)
         self.t = np.zeros(0)
-        self.cap = int(RING_S / 0.01)
+        self.first = 0  # segment frame number of mel[0]
+
+    @property
+    def end(self) -> int:
+        """Segment frame number just past the newest frame."""
+        return self.first + self.t.size
 
     def push(self, mel, t, new_segment: bool) -> None:
         np = self._np
         if new_segment:
-            self.mel, self.t = mel.copy(), t.copy()
-        else:
-            self.mel = np.concatenate([self.mel, mel])[-self.cap :]
-            self.t = np.concatenate([self.t, t])[-self.cap :]
+            self.mel, self.t, self.first = mel.copy(), t.copy(), 0
+            return
+        self.mel = np.concatenate([self.mel, mel])
+        self.t = np.concatenate([self.t, t])
+        drop = self.t.size - RING_FRAMES
+        if drop > 0:
+            self.mel, self.t, self.first = self.mel[drop:], self.t[drop:], self.first + drop
 
-    def patch(self, t0: float, *, final: bool):
-        """The 96 frames from ``t0`` (``float32[96, 64]``); None if they are not all here yet
-        (unless ``final``: then what is here, padded with silence; None if nothing)."""
+    def patch(self, i0: int, *, final: bool = False):
+        """``(float32[96, 64], start_s)`` of frames ``[i0, i0 + 96)``; None if not all here
+        (with ``final``: the frames there are, padded with silence; None if none)."""
         np = self._np
-        n = 96
-        i = int(np.searchsorted(self.t, t0 - 0.005))
-        if i + n <= self.t.size:
-            return self.mel[i : i + n]
-        if not final:
+        a = i0 - self.first
+        if a < 0 or a >= self.t.size:
             return None
-        i = max(0, min(i, self.t.size - n))
-        part = self.mel[i : i + n]
-        if part.shape[0] == 0:
-            return None
-        pad = np.full((n - part.shape[0], part.shape[1]), SILENT_LOGMEL, dtype=np.float32)
-        return np.concatenate([part, pad])
+        part = self.mel[a : a + PATCH_FRAMES]
+        if part.shape[0] < PATCH_FRAMES:
+            if not final:
+                return None
+            pad = np.full((PATCH_FRAMES - part.shape[0], 64), SILENT_LOGMEL, dtype=np.float32)
+            part = np.concatenate([part, pad])
+        return part, float(self.t[a])
+
+
+@dataclass(slots=True)
+class _Patch:
+    """One classified patch: span, label, score, whether it is trigger evidence, embedding."""
+
+    t0: float
+    t1: float
+    label: str
+    score: float
+    accepted: bool
+    strength: float  # evidence relative to its threshold (>= 1: triggers)
+    embedding: object
 
 
 @dataclass(slots=True, eq=False)
 class _Sound:
-    """A sound heard by the gate, classified patch by patch while it lasts."""
+    """A sound: heard by the gate (``gate=True``) or found by the classifier's scan."""
 
     onset: float
     gate_score: float
-    end: float | None = None  # set when the gate closes it
+    gate: bool = True
+    end: float | None = None  # set when the gate closes it (scan sounds: their last patch)
     gate_event: AudioEvent | None = None
-    next_patch: float = 0.0  # start time of the next patch to classify
+    best: _Patch | None = None
     n_patches: int = 0
-    probs: object = None  # float64[C] sum of patch probabilities
-    inter: object = None  # list of patch interaction scores
     emb: object = None  # float64[d] sum of patch embeddings
     label: str = "sound"
     score: float = 0.0
     accepted: bool = False
     final: bool = False
+    misses: int = 0  # scan sounds: patches without evidence since the last with
 
 
 @dataclass(slots=True)
@@ -195,11 +214,14 @@ class TriggerPolicy:
     """Pure (thread-free) policy turning one stream's audio into triggers (DESIGN.md §2.2).
 
     The gate (:class:`models.audio.energy.EnergyDetector`) hears a sound: the policy sends
-    ``START`` at once (label ``"sound"``). While the sound lasts, the classifier labels its
-    log-mel patches (the first starts 0.1 s before the onset, one every 0.48 s, at most
-    ``max_patches``): each better label or score is an ``UPDATE``. Sounds starting less than
-    ``refractory_s`` after the open trigger's last sound join it (no new START). The trigger ends
-    ``refractory_s`` after its last sound (``END``); it is **accepted** when one of its sounds is
+    ``START`` at once (label ``"sound"``). The classifier labels every 0.96 s log-mel patch of
+    the stream (0.48 s hop, the gate's own log-mel): patches overlapping a gate sound label it
+    (its best patch decides), each better label or score being an ``UPDATE``; a patch that is
+    trigger evidence where the gate heard nothing (a quiet sound in a loud room, a long sound
+    absorbed into the gate's background) starts a sound of its own, which lasts while the next
+    patches are evidence too. Sounds starting less than ``refractory_s`` after the open trigger's
+    last sound join it (no new START). The trigger ends ``refractory_s`` after its last sound
+    (``END``); it is **accepted** when one of its sounds is
 
     - a custom (enrolled) sound at or over its threshold, or
     - labelled with a trigger class whose probability reaches that class's threshold, or
@@ -208,7 +230,7 @@ class TriggerPolicy:
     and the capture budget allows it (accepted capture time over the last ``rate_window_s``
     stays under ``max_capture_fraction`` of it). Otherwise END has ``accepted=False`` and its
     window is dropped. Hysteresis: once a trigger is accepted, its other sounds extend its span
-    if they score at least ``threshold - hysteresis``. Every sound heard is kept in
+    if they carry the same label at a probability of at least ``threshold - hysteresis``. Every sound heard is kept in
     :attr:`events` with its label, whether it triggered or not.
 
     Without a classifier (``detector: energy``) every gate sound is accepted as ``"sound"``.
@@ -238,8 +260,6 @@ class TriggerPolicy:
         Sounds closer than this (s) to the open trigger's last sound join it.
     max_capture_fraction, rate_window_s : float
         Capture-rate limit.
-    max_patches : int
-        Most patches classified per sound.
     pre_roll_s, post_roll_s, max_window_s : float
         Capture window padding and longest window (s).
     """
@@ -259,7 +279,6 @@ class TriggerPolicy:
         refractory_s: float = 1.0,
         max_capture_fraction: float = 1.0,
         rate_window_s: float = 60.0,
-        max_patches: int = 8,
         pre_roll_s: float = 1.0,
         post_roll_s: float = 1.0,
         max_window_s: float = 20.0,
@@ -275,8 +294,6 @@ class TriggerPolicy:
         )  # fmt: skip
         if rate_window_s <= 0 or max_capture_fraction <= 0:
             raise ConfigError("trigger rate_window_s and max_capture_fraction must be > 0")
-        if not (isinstance(max_patches, int) and max_patches >= 1):
-            raise ConfigError(f"trigger max_patches must be an integer >= 1, got {max_patches!r}")
         self.stream_id = stream_id
         self.detector = detector
         self.classifier = classifier
@@ -290,7 +307,6 @@ class TriggerPolicy:
         self.hysteresis = float(hysteresis)
         self.max_capture_fraction = float(max_capture_fraction)
         self.rate_window_s = float(rate_window_s)
-        self.max_patches = max_patches
         custom = {s.name: s for s in self.custom_sounds}
         known = set(getattr(classifier, "classes", ())) | set(custom)
         self.classes = tuple(dict.fromkeys([*classes, *custom]))
@@ -307,8 +323,10 @@ class TriggerPolicy:
         self._thr = {c: thresholds.get(c, custom[c].threshold if c in custom else self.threshold)
                      for c in self.classes}  # fmt: skip
         self._custom = [s for s in self.custom_sounds if s.name in self._thr]
-        self._class_idx = {c: i for i, c in enumerate(getattr(classifier, "classes", ()))}
+        index = {c: i for i, c in enumerate(getattr(classifier, "classes", ()))}
+        self._trigger_idx = [(c, index[c]) for c in self.classes if c in index]
         self._ring = _MelRing() if classifier is not None else None
+        self._next_patch = 0  # segment frame number where the next patch starts
         self._streaming = hasattr(detector, "open_onset")
         if self._ring is not None:
             if not hasattr(detector, "frame_sink"):
@@ -353,7 +371,7 @@ class TriggerPolicy:
             class_thresholds=dict(cfg.class_thresholds),
             interaction_threshold=cfg.interaction_threshold, hysteresis=cfg.hysteresis,
             refractory_s=cfg.refractory_s, max_capture_fraction=cfg.max_capture_fraction,
-            rate_window_s=cfg.rate_window_s, max_patches=cfg.max_patches,
+            rate_window_s=cfg.rate_window_s,
             pre_roll_s=cfg.pre_roll_s, post_roll_s=cfg.post_roll_s, max_window_s=cfg.max_window_s,
         )  # fmt: skip
 
@@ -395,16 +413,19 @@ class TriggerPolicy:
     # ------------------------------------------------------------------ sounds
 
     def _on_frames(self, mel, t, new_segment: bool) -> None:
-        if new_segment and self._sounds:
-            self._pending_out += self._classify(final=True, now=math.inf)
+        if new_segment:
+            if self._ring.t.size:  # a gap: classify what is left of the old segment
+                self._pending_out += self._scan(final=True, now=float(self._ring.t[-1]))
+            self._next_patch = 0
         self._ring.push(mel, t, new_segment)
 
-    def _sound(self, onset: float, score: float) -> tuple[_Sound, list[TriggerEvent]]:
-        """The known sound starting at ``onset``, or a new one (possibly starting a trigger)."""
-        for s in self._sounds:
-            if abs(s.onset - onset) < 1e-6:
-                return s, []
-        s = _Sound(onset, score, next_patch=max(0.0, onset - PRE_ONSET_S))
+    def _sound(self, onset: float, score: float, *, gate: bool = True) -> tuple[_Sound, list[TriggerEvent]]:
+        """The known gate sound starting at ``onset``, or a new sound (maybe starting a trigger)."""
+        if gate:
+            for s in self._sounds:
+                if s.gate and abs(s.onset - onset) < 1e-6:
+                    return s, []
+        s = _Sound(onset, score, gate=gate)
         self._sounds.append(s)
         out: list[TriggerEvent] = []
         o = self._open
@@ -420,8 +441,8 @@ class TriggerPolicy:
         return s, out
 
     def _drop_vanished(self, onset: float | None) -> None:
-        """Forget open sounds the gate dropped (shorter than its min_event_s)."""
-        for s in [s for s in self._sounds if s.end is None]:
+        """Forget open gate sounds the gate dropped (shorter than its min_event_s)."""
+        for s in [s for s in self._sounds if s.gate and s.end is None]:
             if onset is None or abs(s.onset - onset) >= 1e-6:
                 self._sounds.remove(s)
                 if self._open is not None and s in self._open.sounds:
@@ -443,89 +464,136 @@ class TriggerPolicy:
         if onset is not None:
             _, msgs = self._sound(onset, 0.0)
             out += msgs
-        out += self._classify(final=final, now=now)
+        if self._ring is None:
+            out += self._gate_only(now)
+        else:
+            out += self._scan(final=final, now=now)
         o = self._open
         if o is not None and not self._busy(o) and (final or now >= o.t_end + self.refractory_s - EPS_S):
             out += self._end()
         return out
 
-    def _classify(self, *, final: bool, now: float) -> list[TriggerEvent]:
-        """Classify every patch now available; finalise sounds that are done."""
-        if self._ring is None:
-            for s in list(self._sounds):
-                if s.gate_event is not None:
-                    ev = s.gate_event
-                    s.label, s.score, s.accepted = ev.label, ev.score, True
-                    s.n_patches = 1
-                    self._finish(s)
-            return self._after_sounds(now)
-        jobs: list[tuple[_Sound, object]] = []
-        for s in self._sounds:
-            while s.n_patches + sum(1 for j in jobs if j[0] is s) < self.max_patches:
-                k = s.n_patches + sum(1 for j in jobs if j[0] is s)
-                t0 = s.next_patch + k * PATCH_STEP_S
-                if k > 0 and s.end is not None and t0 > s.end - PATCH_STEP_S:
-                    break  # the sound is covered
-                patch = self._ring.patch(t0, final=final)
-                if patch is None:
-                    break
-                jobs.append((s, patch))
-        if jobs:
-            import numpy as np
-
-            pred = self.classifier.predict(np.stack([p for _, p in jobs]))
-            for i, (s, _) in enumerate(jobs):
-                self._add_patch(s, pred.probs[i], float(pred.interaction[i]), pred.embedding[i])
-        for s in list(self._sounds):
-            if s.end is None:
-                continue
-            k = s.n_patches
-            t0 = s.next_patch + k * PATCH_STEP_S
-            done = k >= self.max_patches or (k > 0 and t0 > s.end - PATCH_STEP_S) or final
-            if done:
-                self._finish(s)
+    def _gate_only(self, now: float) -> list[TriggerEvent]:
+        """Without a classifier every gate sound is final, accepted, as the gate labelled it."""
+        for s in [s for s in self._sounds if s.gate_event is not None]:
+            ev = s.gate_event
+            s.label, s.score, s.accepted, s.n_patches = ev.label, ev.score, True, 1
+            self._finish(s)
         return self._after_sounds(now)
 
-    def _add_patch(self, s: _Sound, probs, inter: float, emb) -> None:
+    def _scan(self, *, final: bool, now: float) -> list[TriggerEvent]:
+        """Classify every new patch of the grid; give each to the sounds it overlaps, or let it
+        start a sound of its own if it is trigger evidence the gate did not hear."""
         import numpy as np
 
-        if s.probs is None:
-            s.probs, s.inter, s.emb = np.zeros(len(probs)), [], np.zeros(len(emb))
-        s.probs += probs
-        s.inter.append(inter)
-        s.emb += emb
+        ring = self._ring
+        batch, starts = [], []
+        while (got := ring.patch(self._next_patch)) is not None:
+            batch.append(got[0])
+            starts.append(got[1])
+            self._next_patch += PATCH_HOP
+        uncovered = self._next_patch == 0 or ring.end > self._next_patch + PATCH_HOP
+        if final and ring.end > self._next_patch and uncovered:  # the stream's tail, padded
+            got = ring.patch(self._next_patch, final=True)
+            if got is not None:
+                batch.append(got[0])
+                starts.append(got[1])
+            self._next_patch = ring.end
+        out: list[TriggerEvent] = []
+        if batch:
+            pred = self.classifier.predict(np.stack(batch))
+            for i, t0 in enumerate(starts):
+                patch = self._judge(t0, pred.probs[i], float(pred.interaction[i]), pred.embedding[i])
+                out += self._assign(patch)
+        # start time of the next patch to classify
+        done_until = (
+            float(ring.t[0]) + (self._next_patch - ring.first) * 0.01 if ring.t.size else now
+        )
+        for s in list(self._sounds):
+            if s.final:
+                continue
+            if s.gate:
+                # every patch starting before the sound's end has been classified
+                if s.end is not None and (final or done_until >= s.end):
+                    self._finish(s)
+            elif final or s.misses >= SCAN_GAP:
+                self._finish(s)
+        return out + self._after_sounds(now)
+
+    def _assign(self, p: _Patch) -> list[TriggerEvent]:
+        """Give patch ``p`` to the gate sounds it overlaps, else to the scan."""
+        out: list[TriggerEvent] = []
+        hit = False
+        for s in self._sounds:
+            if s.final or not s.gate:
+                continue
+            end = s.end if s.end is not None else math.inf
+            if p.t0 < end and s.onset < p.t1:
+                self._add(s, p)
+                hit = True
+        scans = [s for s in self._sounds if not s.gate and not s.final]
+        if hit or not p.accepted:
+            for s in scans:
+                s.misses += 1
+            return out
+        if scans:
+            s = scans[-1]
+            s.misses = 0
+            s.end = p.t1
+            if self._open is not None and s in self._open.sounds:
+                self._open.t_end = max(self._open.t_end, p.t1)
+        else:
+            s, msgs = self._sound(p.t0, p.score, gate=False)
+            s.end = p.t1
+            self._open.t_end = max(self._open.t_end, p.t1)
+            out += msgs
+        self._add(s, p)
+        return out
+
+    def _add(self, s: _Sound, p: _Patch) -> None:
+        import numpy as np
+
+        s.emb = np.array(p.embedding, dtype=np.float64) if s.emb is None else s.emb + p.embedding
         s.n_patches += 1
-        s.label, s.score, s.accepted = self._judge(s)
+        if s.best is None or (p.accepted, p.strength) > (s.best.accepted, s.best.strength):
+            s.best = p
+            s.label, s.score, s.accepted = p.label, p.score, p.accepted
 
-    def _judge(self, s: _Sound) -> tuple[str, float, bool]:
-        """Label, score and decision of a sound from its patches so far."""
+    def _judge(self, t0: float, probs, inter: float, emb) -> _Patch:
+        """Label, score and trigger evidence of one patch."""
         import numpy as np
 
-        probs = s.probs / s.n_patches
-        emb = s.emb / max(float(np.linalg.norm(s.emb)), 1e-12)
-        inter = float(max(s.inter))
+        t1 = t0 + PATCH_FRAMES * 0.01
+        e32 = np.asarray(emb, dtype=np.float32)
         best = None
         for c in self._custom:
-            sim = c.similarity(emb.astype(np.float32))
+            sim = c.similarity(e32)
             if sim >= self._thr[c.name] and (best is None or sim > best[1]):
                 best = (c.name, sim)
         if best is not None:
-            return best[0], best[1], True
+            return _Patch(t0, t1, best[0], best[1], True, 2.0 + best[1], emb)
+        strength, label, p = 0.0, "sound", 0.0
+        for c, i in self._trigger_idx:
+            r = float(probs[i]) / self._thr[c]
+            if r > strength:
+                strength, label, p = r, c, float(probs[i])
         top = int(np.argmax(probs))
-        label, p = self.classifier.classes[top], float(probs[top])
-        if label in self._thr and p >= self._thr[label]:
-            return label, p, True
-        if inter >= self.interaction_threshold:
-            return (label if label in self._thr else "interaction"), inter, True
-        return (label if p >= LABEL_MIN else "sound"), p, False
+        top_label, top_p = self.classifier.classes[top], float(probs[top])
+        if strength >= 1.0:
+            return _Patch(t0, t1, label, p, True, strength, emb)
+        ri = inter / max(self.interaction_threshold, 1e-9)
+        if ri >= 1.0:
+            name = top_label if top_label in self._thr else "interaction"
+            return _Patch(t0, t1, name, inter, True, ri, emb)
+        name = top_label if top_p >= LABEL_MIN else "sound"
+        return _Patch(t0, t1, name, top_p, False, max(strength, ri), emb)
 
     def _finish(self, s: _Sound) -> None:
         import numpy as np
 
         s.final = True
         self._sounds.remove(s)
-        ev = s.gate_event
-        emb = ev.embedding if ev is not None else None
+        emb = s.gate_event.embedding if s.gate_event is not None else None
         if s.emb is not None:
             emb = (s.emb / max(float(np.linalg.norm(s.emb)), 1e-12)).astype(np.float32)
         end = s.end if s.end is not None else s.onset

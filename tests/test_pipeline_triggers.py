@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -219,3 +220,136 @@ def test_esc50_sounds_are_captured(shared_data: Path, rng: np.random.Generator) 
     ws = policy.windows(30.0)
     captured = sum(w.t_end - w.t_start for w in ws)
     assert 2.0 < captured < 12.0  # the quiet 20 s between the sounds are not captured
+
+
+# ----------------------------------------------------------------------------- with the classifier
+
+TRIGGERING = ("door_wood_knock", "glass_breaking", "can_opening", "clapping")
+NOT_TRIGGERING = ("dog", "rooster", "laughing", "crying_baby")
+SPACING_S = 7.0
+
+
+def _active_span(y: np.ndarray) -> tuple[float, float]:
+    """First to last 10 ms frame within 30 dB of the clip's loudest (the truth span)."""
+    from models.audio.energy import frame_dbfs
+
+    db = frame_dbfs(y)
+    on = np.flatnonzero(db >= db.max() - 30.0)
+    return on[0] * 0.01, on[-1] * 0.01 + 0.025
+
+
+@pytest.fixture(scope="module")
+def held_out_mix(shared_data_module):
+    """Held-out ESC-50 clips (test split: never trained on) over a quiet room, 7 s apart."""
+    import soundfile as sf
+
+    from models.audio.esc50 import read_meta, split
+
+    test = split(read_meta(shared_data_module / "esc50"))["test"]
+    clips = [next(c for c in test if c.category == name) for name in TRIGGERING + NOT_TRIGGERING]
+    rng = np.random.default_rng(5)
+    n = int((len(clips) * SPACING_S + 3.0) * SR)
+    mix = (rng.standard_normal(n) * 10 ** (-55 / 20)).astype(np.float32)
+    truth = []
+    for i, clip in enumerate(clips):
+        y, sr = sf.read(clip.path, dtype="float32")
+        assert sr == SR
+        a, b = _active_span(y)
+        y = y[int(a * SR) : int(b * SR)][: int(4.5 * SR)]  # the sound itself, at most 4.5 s
+        y *= 10 ** (-20 / 20) / max(float(np.sqrt(np.mean(y**2))), 1e-6)  # -20 dBFS RMS
+        at = 1.0 + i * SPACING_S
+        mix[int(at * SR) : int(at * SR) + y.size] += y
+        truth.append((clip.category, at, at + y.size / SR))
+    return np.clip(mix, -1, 1), truth
+
+
+@pytest.fixture(scope="module")
+def shared_data_module():
+    from tests.conftest import need, shared_data_dir
+
+    return need(shared_data_dir())
+
+
+def _run(policy: TriggerPolicy, mix: np.ndarray, chunk_s: float = 0.24):
+    sent = []
+    for c in chunks_of(mix, chunk_s=chunk_s):
+        sent += [(c.t_end, m) for m in policy.feed(c)]
+    sent += [(mix.size / SR, m) for m in policy.flush()]
+    return sent
+
+
+def _covered(ws: list[CaptureWindow], a: float, b: float) -> float:
+    return sum(max(0.0, min(b, w.t_end) - max(a, w.t_start)) for w in ws) / (b - a)
+
+
+@pytest.fixture(scope="module")
+def classified(held_out_mix):
+    from pipeline.triggers import load_classifier
+
+    mix, truth = held_out_mix
+    cfg = TriggerConfig()
+    classifier = load_classifier(cfg)
+    policy = TriggerPolicy.from_config("cam", cfg, classifier=classifier, custom_sounds=[])
+    return policy, _run(policy, mix), classifier
+
+
+def test_interaction_sounds_trigger_and_others_are_only_remembered(held_out_mix, classified):
+    mix, truth = held_out_mix
+    policy, sent, _ = classified
+    ws = policy.windows(mix.size / SR)
+    hit = {name: _covered(ws, a, b) >= 0.5 for name, a, b in truth}
+    assert sum(hit[n] for n in TRIGGERING) >= 3, hit
+    accepted = [m for _, m in sent if m.state is END and m.accepted]
+    false = [m for m in accepted if not any(
+        a - 0.25 < m.t_end and m.t_start < b + 0.25 for n, a, b in truth if n in TRIGGERING
+    )]  # fmt: skip
+    assert len(false) <= 1, [(m.label, m.t_start) for m in false]
+    rejected = [m for _, m in sent if m.state is END and not m.accepted]
+    assert rejected, "distractors should end rejected"
+    # every sound is remembered with a label, triggering or not
+    for name, a, b in truth:
+        assert any(a - 0.3 <= e.t_start <= b for e in policy.events), name
+    labels = {m.label for m in accepted}
+    assert labels & set(TRIGGERING), labels
+    assert all(e.embedding is not None and e.embedding.shape == (128,) for e in policy.events)
+
+
+def test_start_is_fast_and_the_label_follows(held_out_mix, classified):
+    _, truth = held_out_mix
+    _, sent, _ = classified
+    for name, a, b in truth:
+        starts = [(at, m) for at, m in sent if m.state is START and a - 0.3 <= m.t <= b]
+        assert starts, name
+        at, start = starts[0]
+        assert at - a <= 0.5 + 1e-6, (name, at - a)  # onset -> START
+        later = [at2 for at2, m in sent if m.trigger_id == start.trigger_id and m.state is not START]
+        assert later and later[0] - a <= 1.5 + 1e-6, (name, later[0] - a)  # onset -> UPDATE/END
+
+
+def test_thresholds_and_capture_rate_are_obeyed(held_out_mix, classified):
+    mix, truth = held_out_mix
+    policy, sent, classifier = classified
+    accepted = [m for _, m in sent if m.state is END and m.accepted]
+    # a class set to an impossible threshold no longer triggers, but is still heard and labelled
+    label = accepted[0].label
+    cfg = TriggerConfig(class_thresholds={label: 1.0}, interaction_threshold=2.0)
+    strict = TriggerPolicy.from_config("cam", cfg, classifier=classifier, custom_sounds=[])
+    out = _run(strict, mix)
+    assert not any(m.state is END and m.accepted and m.label == label for _, m in out)
+    assert any(e.label == label for e in strict.events)
+    # capture budget: at most 10% of any 60 s
+    cfg = TriggerConfig(max_capture_fraction=0.1, rate_window_s=60.0)
+    capped = TriggerPolicy.from_config("cam", cfg, classifier=classifier, custom_sounds=[])
+    out = _run(capped, mix)
+    kept = [m for _, m in out if m.state is END and m.accepted]
+    assert 1 <= len(kept) < len(accepted)
+    padded = sum(m.t_end - m.t_start + 2.0 for m in kept)  # 1 s pre- and post-roll
+    assert padded <= 0.1 * 60.0 * math.ceil(mix.size / SR / 60.0) + 1e-6
+
+
+def test_unknown_trigger_class_is_a_config_error(classified) -> None:
+    _, _, classifier = classified
+    with pytest.raises(ConfigError, match="unicorn"):
+        TriggerPolicy.from_config(
+            "cam", TriggerConfig(classes=("unicorn",)), classifier=classifier, custom_sounds=[]
+        )
