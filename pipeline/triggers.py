@@ -117,6 +117,7 @@ PATCH_HOP = 48  # frames between the starts of two patches (0.48 s): every patch
 UPDATE_MIN_DELTA = 0.1  # an UPDATE is sent when the score moves at least this much
 LABEL_MIN = 0.3  # a sound that does not trigger keeps its class label only if this probable
 RING_FRAMES = 400  # log-mel frames kept for classification (4 s)
+SCAN_BATCH = 4  # patches classified together while no gate sound waits for them (speed)
 SCAN_GAP = 1  # a scan-found sound ends after this many patches without trigger evidence
 SILENT_LOGMEL = math.log(0.001)  # log-mel of digital silence (pads the last patch of a stream)
 
@@ -327,6 +328,7 @@ class TriggerPolicy:
         self._trigger_idx = [(c, index[c]) for c in self.classes if c in index]
         self._ring = _MelRing() if classifier is not None else None
         self._next_patch = 0  # segment frame number where the next patch starts
+        self._queue: list = []  # patches cut but not classified yet: (float32[96, 64], start_s)
         self._streaming = hasattr(detector, "open_onset")
         if self._ring is not None:
             if not hasattr(detector, "frame_sink"):
@@ -487,28 +489,31 @@ class TriggerPolicy:
         import numpy as np
 
         ring = self._ring
-        batch, starts = [], []
+        queue = self._queue
         while (got := ring.patch(self._next_patch)) is not None:
-            batch.append(got[0])
-            starts.append(got[1])
+            queue.append(got)
             self._next_patch += PATCH_HOP
         uncovered = self._next_patch == 0 or ring.end > self._next_patch + PATCH_HOP
         if final and ring.end > self._next_patch and uncovered:  # the stream's tail, padded
             got = ring.patch(self._next_patch, final=True)
             if got is not None:
-                batch.append(got[0])
-                starts.append(got[1])
+                queue.append(got)
             self._next_patch = ring.end
         out: list[TriggerEvent] = []
-        if batch:
-            pred = self.classifier.predict(np.stack(batch))
-            for i, t0 in enumerate(starts):
+        waiting = any(s.gate and not s.final for s in self._sounds)
+        if queue and (final or waiting or len(queue) >= SCAN_BATCH):
+            pred = self.classifier.predict(np.stack([q[0] for q in queue]))
+            for i, (_, t0) in enumerate(queue):
                 patch = self._judge(t0, pred.probs[i], float(pred.interaction[i]), pred.embedding[i])
                 out += self._assign(patch)
-        # start time of the next patch to classify
-        done_until = (
-            float(ring.t[0]) + (self._next_patch - ring.first) * 0.01 if ring.t.size else now
-        )
+            queue.clear()
+        # start time of the first patch not classified yet
+        if queue:
+            done_until = queue[0][1]
+        elif ring.t.size:
+            done_until = float(ring.t[0]) + (self._next_patch - ring.first) * 0.01
+        else:
+            done_until = now
         for s in list(self._sounds):
             if s.final:
                 continue
