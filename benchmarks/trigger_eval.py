@@ -425,6 +425,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--chunk-s", type=float, default=0.24, help="seconds per fed AudioChunk")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/trigger_eval.json")
     p.add_argument("--no-classifier", action="store_true", help="skip the classifier accuracy")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="clips to build soundscapes from: 'test' (held out: the score) or 'val' "
+                   "(for tuning thresholds, so no recording is both tuned on and scored)")
     args = p.parse_args(argv)
     try:
         args.snr = [float(x) for x in args.snr.split(",") if x.strip()]
@@ -461,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     from benchmarks.soundscapes import build_soundscape, held_out_clips
+    from models.audio.esc50 import read_meta, split
     from models.audio.features import warm_up
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
@@ -482,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot run TriggerPolicy.from_config: {type(e).__name__}: {e}",
               file=sys.stderr)  # fmt: skip
         return 1
-    clips = held_out_clips()
+    clips = held_out_clips() if args.split == "test" else split(read_meta())[args.split]
     results = []
     for i in tqdm(range(args.n), desc="soundscapes", file=sys.stderr):
         sc = build_soundscape(clips, minutes=args.minutes, seed=(args.seed, i), snr_db=args.snr)

@@ -79,14 +79,14 @@ class TriggerConfig(_Section):
         "(> 1 disables).",
     )
     hysteresis: float = Field(
-        0.1, ge=0, le=1, description="Sounds joining an accepted trigger extend it down to "
-        "threshold - hysteresis.",
+        0.5, ge=0, le=1, description="Sounds joining an accepted trigger extend it if their "
+        "evidence reaches (1 - hysteresis) of their threshold.",
     )
     refractory_s: float = Field(
         1.0, ge=0, le=60, description="Sounds this close (s) to a trigger's last sound join it."
     )
     max_capture_fraction: float = Field(
-        0.6, gt=0, le=1, description="Most of any rate_window_s that triggers may capture."
+        0.8, gt=0, le=1, description="Most of any rate_window_s that triggers may capture."
     )
     rate_window_s: float = Field(60.0, gt=0, le=86400, description="Capture-rate window (s).")
     visual_fps: float = Field(
@@ -105,8 +105,12 @@ class TriggerConfig(_Section):
     background_s: float = Field(4.0, gt=0, le=120, description="Running background length (s).")
     min_event_s: float = Field(0.08, ge=0, le=10, description="Shorter sounds are ignored (s).")
     merge_gap_s: float = Field(0.4, ge=0, le=10, description="Sounds closer than this merge (s).")
-    pre_roll_s: float = Field(1.0, ge=0, le=60, description="Capture starts this long before (s).")
-    post_roll_s: float = Field(1.0, ge=0, le=60, description="Capture ends this long after (s).")
+    pre_roll_s: float = Field(0.5, ge=0, le=60, description="Capture starts this long before (s).")
+    post_roll_s: float = Field(0.5, ge=0, le=60, description="Capture ends this long after (s).")
+    max_capture_s: float | None = Field(
+        3.0, gt=0, le=3600,
+        description="A trigger captures at most this long from its start (s); empty: all of it.",
+    )
     max_window_s: float = Field(
         20.0, gt=0, le=3600, description="Longest capture window; longer activity is split (s)."
     )

@@ -67,6 +67,7 @@ def capture_windows(
     post_roll_s: float,
     max_window_s: float,
     duration_s: float | None = None,
+    max_capture_s: float | None = None,
 ) -> list[CaptureWindow]:
     """Capture windows of the accepted triggers.
 
@@ -82,6 +83,9 @@ def capture_windows(
         Longer merged windows are cut into equal parts no longer than this (s).
     duration_s : float or None
         Media length (s); windows are clipped to ``[0, duration_s]`` (to ``[0, inf)`` if None).
+    max_capture_s : float or None
+        A trigger longer than this captures only its first ``max_capture_s`` seconds (a long
+        sound needs its start seen, not all of it); None: all of it.
 
     Returns
     -------
@@ -95,7 +99,8 @@ def capture_windows(
     for e in events:
         if e.state is not TriggerState.END or not e.accepted:
             continue
-        s, t = max(0.0, e.t_start - pre_roll_s), min(hi, e.t_end + post_roll_s)
+        end = e.t_end if max_capture_s is None else min(e.t_end, e.t_start + max_capture_s)
+        s, t = max(0.0, e.t_start - pre_roll_s), min(hi, end + post_roll_s)
         if t > s + EPS_S:
             spans.append((s, t, e))
     spans.sort(key=lambda x: (x[0], x[1]))
@@ -231,8 +236,9 @@ class TriggerPolicy:
     and the capture budget allows it (accepted capture time over the last ``rate_window_s``
     stays under ``max_capture_fraction`` of it). Otherwise END has ``accepted=False`` and its
     window is dropped. Hysteresis: once a trigger is accepted, its other sounds extend its span
-    if they carry the same label at a probability of at least ``threshold - hysteresis``. Every sound heard is kept in
-    :attr:`events` with its label, whether it triggered or not.
+    if their evidence reaches ``1 - hysteresis`` of their threshold (a fading series of knocks
+    or steps is captured whole). Every sound heard is kept in :attr:`events` with its label,
+    whether it triggered or not.
 
     Without a classifier (``detector: energy``) every gate sound is accepted as ``"sound"``.
 
@@ -256,13 +262,16 @@ class TriggerPolicy:
     interaction_threshold : float
         Probability of "domestic interaction" that triggers whatever the label (> 1 disables).
     hysteresis : float
-        Sounds joining an accepted trigger extend it down to ``threshold - hysteresis``.
+        Sounds joining an accepted trigger extend it if their evidence (probability over its
+        threshold) reaches ``1 - hysteresis``.
     refractory_s : float
         Sounds closer than this (s) to the open trigger's last sound join it.
     max_capture_fraction, rate_window_s : float
         Capture-rate limit.
     pre_roll_s, post_roll_s, max_window_s : float
         Capture window padding and longest window (s).
+    max_capture_s : float or None
+        Seconds of a trigger captured from its start (None: all); see :func:`capture_windows`.
     """
 
     def __init__(
@@ -276,13 +285,14 @@ class TriggerPolicy:
         threshold: float = 0.5,
         class_thresholds: dict[str, float] | None = None,
         interaction_threshold: float = 0.5,
-        hysteresis: float = 0.1,
+        hysteresis: float = 0.5,
         refractory_s: float = 1.0,
         max_capture_fraction: float = 1.0,
         rate_window_s: float = 60.0,
         pre_roll_s: float = 1.0,
         post_roll_s: float = 1.0,
         max_window_s: float = 20.0,
+        max_capture_s: float | None = None,
         merge_gap_s: float | None = None,
     ) -> None:
         if merge_gap_s is not None:  # older name of refractory_s
@@ -302,6 +312,7 @@ class TriggerPolicy:
         self.pre_roll_s = float(pre_roll_s)
         self.post_roll_s = float(post_roll_s)
         self.max_window_s = float(max_window_s)
+        self.max_capture_s = None if max_capture_s is None else float(max_capture_s)
         self.refractory_s = float(refractory_s)
         self.threshold = float(threshold)
         self.interaction_threshold = float(interaction_threshold)
@@ -375,6 +386,7 @@ class TriggerPolicy:
             refractory_s=cfg.refractory_s, max_capture_fraction=cfg.max_capture_fraction,
             rate_window_s=cfg.rate_window_s,
             pre_roll_s=cfg.pre_roll_s, post_roll_s=cfg.post_roll_s, max_window_s=cfg.max_window_s,
+            max_capture_s=cfg.max_capture_s,
         )  # fmt: skip
 
     @property
@@ -410,6 +422,7 @@ class TriggerPolicy:
         return capture_windows(
             self._ended, stream_id=self.stream_id, pre_roll_s=self.pre_roll_s,
             post_roll_s=self.post_roll_s, max_window_s=self.max_window_s, duration_s=duration_s,
+            max_capture_s=self.max_capture_s,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ sounds
@@ -636,9 +649,8 @@ class TriggerPolicy:
         accepted = [s for s in sounds if s.accepted]
         if accepted:
             best = max(accepted, key=lambda s: s.score)
-            keep = [s for s in sounds if s.accepted or (
-                s.label == best.label and s.score >= self._thr.get(s.label, self.threshold) - self.hysteresis
-            )]  # fmt: skip
+            floor = 1.0 - self.hysteresis
+            keep = [s for s in sounds if s.accepted or (s.best is not None and s.best.strength >= floor)]
             o.label, o.score = best.label, best.score
             o.t_start = min(s.onset for s in keep)
             o.t_end = max(s.end if s.end is not None else s.onset for s in keep)
