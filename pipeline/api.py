@@ -308,8 +308,8 @@ class Eidetic:
 
 
 def _inside(event, windows) -> bool:
-    """True if the sound lies in an accepted capture window (it triggered, or rode along)."""
-    return any(w.t_start <= event.t_start and event.t_end <= w.t_end + 1e-6 for w in windows)
+    """True if the sound overlaps an accepted capture window (it triggered, or rode along)."""
+    return any(w.t_start < event.t_end and event.t_start < w.t_end for w in windows)
 
 
 def _source_filter(source: str | None) -> str | None:

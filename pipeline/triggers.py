@@ -165,8 +165,8 @@ class _MelRing:
         if part.shape[0] < PATCH_FRAMES:
             if not final:
                 return None
-            pad = np.full((PATCH_FRAMES - part.shape[0], 64), SILENT_LOGMEL, dtype=np.float32)
-            part = np.concatenate([part, pad])
+            # repeat the last frame: padding with silence would look like a sound stopping
+            part = np.pad(part, ((0, PATCH_FRAMES - part.shape[0]), (0, 0)), mode="edge")
         return part, float(self.t[a])
 
 
@@ -615,6 +615,9 @@ class TriggerPolicy:
         if s.emb is not None:
             emb = (s.emb / max(float(np.linalg.norm(s.emb)), 1e-12)).astype(np.float32)
         end = s.end if s.end is not None else s.onset
+        if not s.gate and self._ring is not None and self._ring.t.size:
+            end = min(end, float(self._ring.t[-1]) + 0.025)  # a padded last patch
+            s.end = end
         self._events.append(AudioEvent(s.label, float(s.score), s.onset, end, embedding=emb))
 
     def _after_sounds(self, now: float) -> list[TriggerEvent]:
@@ -667,7 +670,8 @@ class TriggerPolicy:
 
     def _within_budget(self, o: _Trigger) -> bool:
         """Record the trigger's padded span unless it would exceed the capture-rate limit."""
-        s, t = o.t_start - self.pre_roll_s, o.t_end + self.post_roll_s
+        end = o.t_end if self.max_capture_s is None else min(o.t_end, o.t_start + self.max_capture_s)
+        s, t = o.t_start - self.pre_roll_s, end + self.post_roll_s
         lo = t - self.rate_window_s
         self._captured = [(a, b) for a, b in self._captured if b > lo]
         used = sum(b - max(a, lo) for a, b in merge_intervals(self._captured))

@@ -317,13 +317,19 @@ def test_interaction_sounds_trigger_and_others_are_only_remembered(held_out_mix,
 def test_start_is_fast_and_the_label_follows(held_out_mix, classified):
     _, truth = held_out_mix
     _, sent, _ = classified
+    ends = {m.trigger_id: at for at, m in sent if m.state is END}
+    checked = 0
     for name, a, b in truth:
+        if any(m.state is START and m.t < a - 0.3 and ends[m.trigger_id] >= a for _, m in sent):
+            continue  # an earlier sound's trigger is still open: this one joins it, no START
         starts = [(at, m) for at, m in sent if m.state is START and a - 0.3 <= m.t <= b]
         assert starts, name
         at, start = starts[0]
         assert at - a <= 0.5 + 1e-6, (name, at - a)  # onset -> START
         later = [at2 for at2, m in sent if m.trigger_id == start.trigger_id and m.state is not START]
         assert later and later[0] - a <= 1.5 + 1e-6, (name, later[0] - a)  # onset -> UPDATE/END
+        checked += 1
+    assert checked >= len(truth) // 2
 
 
 def test_thresholds_and_capture_rate_are_obeyed(held_out_mix, classified):
@@ -343,7 +349,8 @@ def test_thresholds_and_capture_rate_are_obeyed(held_out_mix, classified):
     out = _run(capped, mix)
     kept = [m for _, m in out if m.state is END and m.accepted]
     assert 1 <= len(kept) < len(accepted)
-    padded = sum(m.t_end - m.t_start + 2.0 for m in kept)  # 1 s pre- and post-roll
+    padded = sum(min(m.t_end - m.t_start, cfg.max_capture_s) + cfg.pre_roll_s + cfg.post_roll_s
+                 for m in kept)  # fmt: skip
     assert padded <= 0.1 * 60.0 * math.ceil(mix.size / SR / 60.0) + 1e-6
 
 
