@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable
@@ -348,6 +349,7 @@ class TriggerPolicy:
         self._sounds: list[_Sound] = []  # heard, not yet final
         self._events: list[AudioEvent] = []
         self._ended: list[TriggerEvent] = []
+        self._capture: list[TriggerEvent] = []  # accepted ENDs, one per captured sound span
         self._open: _Trigger | None = None
         self._next_id = 0
         self._captured: list[tuple[float, float]] = []  # accepted padded spans (rate limit)
@@ -420,9 +422,8 @@ class TriggerPolicy:
     def windows(self, duration_s: float | None = None) -> list[CaptureWindow]:
         """Capture windows of the accepted triggers so far (see :func:`capture_windows`)."""
         return capture_windows(
-            self._ended, stream_id=self.stream_id, pre_roll_s=self.pre_roll_s,
+            self._capture, stream_id=self.stream_id, pre_roll_s=self.pre_roll_s,
             post_roll_s=self.post_roll_s, max_window_s=self.max_window_s, duration_s=duration_s,
-            max_capture_s=self.max_capture_s,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ sounds
@@ -649,15 +650,16 @@ class TriggerPolicy:
         o = self._open
         assert o is not None
         sounds = [s for s in o.sounds if s.final]
-        accepted = [s for s in sounds if s.accepted]
-        if accepted:
-            best = max(accepted, key=lambda s: s.score)
+        keep = [s for s in sounds if s.accepted]
+        if keep:
+            best = max(keep, key=lambda s: s.score)
             floor = 1.0 - self.hysteresis
             keep = [s for s in sounds if s.accepted or (s.best is not None and s.best.strength >= floor)]
             o.label, o.score = best.label, best.score
             o.t_start = min(s.onset for s in keep)
             o.t_end = max(s.end if s.end is not None else s.onset for s in keep)
-        ok = bool(accepted) and self._within_budget(o)
+        spans = [self._capped(s.onset, s.end if s.end is not None else s.onset) for s in keep]
+        ok = bool(keep) and self._within_budget(o, spans)
         end = self._message(TriggerState.END, o.t_end, accepted=ok)
         logger.debug(
             "stream %s trigger %d: %s %.3f-%.3f s (score %.2f) %s",
@@ -665,25 +667,33 @@ class TriggerPolicy:
             "accepted" if ok else "rejected",
         )  # fmt: skip
         self._ended.append(end)
+        if ok:  # each kept sound is captured from its start (at most max_capture_s of it)
+            self._capture += [
+                dataclasses.replace(end, label=k.label, score=k.score, t_start=a, t_end=b)
+                for k, (a, b) in zip(keep, spans)
+            ]
         self._open = None
         return [end]
 
-    def _within_budget(self, o: _Trigger) -> bool:
-        """Record the trigger's padded span unless it would exceed the capture-rate limit."""
-        end = o.t_end if self.max_capture_s is None else min(o.t_end, o.t_start + self.max_capture_s)
-        s, t = o.t_start - self.pre_roll_s, end + self.post_roll_s
+    def _capped(self, t0: float, t1: float) -> tuple[float, float]:
+        return t0, t1 if self.max_capture_s is None else min(t1, t0 + self.max_capture_s)
+
+    def _within_budget(self, o: _Trigger, spans: list[tuple[float, float]]) -> bool:
+        """Record the trigger's padded spans unless they would exceed the capture-rate limit."""
+        padded = [(a - self.pre_roll_s, b + self.post_roll_s) for a, b in spans]
+        t = max(b for _, b in padded)
         lo = t - self.rate_window_s
         self._captured = [(a, b) for a, b in self._captured if b > lo]
-        used = sum(b - max(a, lo) for a, b in merge_intervals(self._captured))
-        new = sum(b - max(a, lo) for a, b in merge_intervals([*self._captured, (s, t)])) - used
-        if used + new > self.max_capture_fraction * self.rate_window_s + EPS_S:
+        used = sum(b - max(a, lo) for a, b in merge_intervals(self._captured) if b > lo)
+        total = sum(b - max(a, lo) for a, b in merge_intervals([*self._captured, *padded]) if b > lo)
+        if total > self.max_capture_fraction * self.rate_window_s + EPS_S and total > used:
             logger.warning(
                 "stream %s: trigger %d (%s at %.1f s) dropped: capture rate over %.0f%% of %.0f s",
                 self.stream_id, o.trigger_id, o.label, o.t_start,
                 100 * self.max_capture_fraction, self.rate_window_s,
             )  # fmt: skip
             return False
-        self._captured.append((s, t))
+        self._captured += padded
         return True
 
 

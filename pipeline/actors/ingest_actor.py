@@ -71,7 +71,6 @@ class IngestActor:
         last, windows, sounds = ray.get(trigger.finish.remote(self.info.duration_s or end))
         ends = [e for e in events + last if e.state.value == "end"]
         self.report["triggers"] = sum(1 for e in ends if e.accepted)
-        self.report["sounds"] = len(sounds)
         self.total = max(self.total, end)
         return windows, sounds
 
