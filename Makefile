@@ -23,7 +23,7 @@ sysdeps:
 demo: install
 	rm -rf $(DEMO_STORE)
 	$(BIN)/eidetic ingest pipeline/assets/demo.mp4 --store $(DEMO_STORE)
-	$(BIN)/eidetic query "when did something happen?" --store $(DEMO_STORE)
+	$(BIN)/eidetic query "when did the glass break?" --store $(DEMO_STORE)
 
 test: install sysdeps
 	$(BIN)/python -m pytest -m "not gpu" -q

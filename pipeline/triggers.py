@@ -22,17 +22,6 @@ logger = logging.getLogger(__name__)
 EPS_S = 1e-6  # seconds: spans closer than this touch
 
 
-@dataclass(slots=True)
-class _Trigger:
-    """The open trigger: its id, best label and score so far, and the span of its sounds."""
-
-    trigger_id: int
-    label: str
-    score: float
-    t_start: float
-    t_end: float
-
-
 def _check_tunables(**values: float) -> None:
     for name, value in values.items():
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):

@@ -55,6 +55,18 @@ def test_demo_sounds_are_found_from_a_new_process(demo_store):
         assert all(Path(k).is_file() for k in e["keyframes"])
 
 
+def test_demo_sounds_are_named(demo_store):
+    store, _ = demo_store
+    truth = json.loads((REPO / "pipeline" / "assets" / "demo.json").read_text())["events"]
+    glass = next(e for e in truth if e["label"] == "glass_breaking")
+    r = eidetic("query", "when did the glass break?", "--store", str(store), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert doc["answered"] and "glass_breaking" in doc["evidence"][0]["labels"]
+    top = doc["evidence"][0]
+    assert top["t_start"] - 0.5 <= glass["t_start"] <= top["t_end"], (glass, top)
+
+
 def test_store_is_sound_after_restart(demo_store):
     store, _ = demo_store
     r = eidetic("store", "check", "--store", str(store), "--json")
