@@ -39,7 +39,7 @@ WEIGHTS = Path(__file__).resolve().parent / "weights" / "esc50_cnn.pt"
 EMBEDDING_DIM = 128
 FORMAT = "eidetic-audio-cnn"
 VERSION = 1
-ACTIVE_WITHIN_DB = 20.0  # dB: a patch is "active" if its mean mel power is this close to the loudest
+ACTIVE_WITHIN_DB = 20.0  # dB: "active" patches have mean mel power this close to the loudest
 SILENCE_LOGMEL = math.log(LOG_OFFSET)  # log-mel value of digital silence (pads short clips)
 BATCH = 64  # patches per forward pass in AudioClassifier.predict
 CKPT_KEYS = (
@@ -392,5 +392,5 @@ class AudioClassifier:
         return aggregate(self.predict(p[active_patches(p)]))
 
     def embed_clip(self, samples: np.ndarray) -> np.ndarray:
-        """``float32[128]`` L2-normalised embedding of a clip (``predict_clip(...).embedding[0]``)."""
+        """``float32[128]`` unit-norm embedding of a clip (``predict_clip(...).embedding[0]``)."""
         return self.predict_clip(samples).embedding[0]

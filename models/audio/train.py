@@ -4,13 +4,14 @@ One seeded, deterministic command (fixed thread count, ``torch.use_deterministic
 writes the checkpoint (default :data:`models.audio.cnn.WEIGHTS`) and its metrics JSON beside it.
 
 Recipe: each clip's mel power is computed once; every batch is augmented in the mel-power domain
-(random 96-frame crops among the clip's active windows, gain, a train-split background clip added
-at 0–20 dB SNR, sometimes a second foreground clip at low level), then ``log(power + 0.001)``,
-per-band normalisation and SpecAugment. Loss: label-smoothed cross-entropy + weighted BCE of the
-interaction head. AdamW with a one-cycle LR; the epoch with the best val accuracy is kept. The
-softmax temperature and the interaction head's Platt scaling are fitted on val; test is only
-reported. ``--unseen-eval`` also trains one model per third of ``esc50.INTERACTION`` with those
-classes removed from train and val, and scores the interaction probability on their test clips.
+(random 96-frame crops among the clip's active windows, mixup of two foreground clips with soft
+targets, gain, a train-split background clip added at 0–20 dB SNR, sometimes a second foreground
+clip at low level), then ``log(power + 0.001)``, per-band normalisation and SpecAugment. Loss:
+label-smoothed cross-entropy + BCE of the interaction head. AdamW with a one-cycle LR; the epoch
+with the best val accuracy is kept. The softmax temperature and the interaction head's Platt
+scaling are fitted on val; test is only reported. ``--unseen-eval`` also trains one model per
+third of ``esc50.INTERACTION`` with those classes removed from train and val, and scores the
+interaction probability on their test clips.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Recipe:
     gain_db: tuple[float, float] = (-20.0, 10.0)  # foreground gain range
     p_background: float = 0.6  # probability of adding a BACKGROUND train clip
     snr_db: tuple[float, float] = (0.0, 20.0)  # foreground-to-background ratio range
+    p_mix: float = 0.0  # probability of a mixup pair of two foreground clips (soft targets)
     p_second: float = 0.25  # probability of adding a second foreground clip
     second_db: tuple[float, float] = (10.0, 25.0)  # how far below the foreground it sits
     time_masks: int = 2
@@ -168,32 +170,44 @@ def make_batch(
     r: Recipe,
     g: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One augmented batch: log-mel ``[B, 96, 64]``, class ``int64[B]``, interaction ``float[B]``.
+    """One augmented batch: log-mel ``[B, 96, 64]``, class targets ``float[B, 50]`` (one-hot, or
+    two classes for a mixup pair) and interaction targets ``float[B]``.
 
     ``weights`` samples foreground clips (class-balanced), ``background`` indexes the
     BACKGROUND-class clips of the same split, ``interaction`` is ``bool[50]``.
     """
     b = r.batch
     fg_idx = torch.multinomial(weights, b, replacement=True, generator=g)
-    y = data.target[fg_idx]
-    x = _crops(data, fg_idx, g, active=True) * 10 ** (_uniform(g, b, r.gain_db) / 10)[:, None, None]
+    y = F.one_hot(data.target[fg_idx], len(esc50.CLASSES)).float()
+    x = _crops(data, fg_idx, g, active=True)
+    if r.p_mix > 0:  # mixup in the power domain, both at the same mean power, weights lam / 1-lam
+        other = torch.multinomial(weights, b, replacement=True, generator=g)
+        lam = torch.rand(b, generator=g)
+        use = (torch.rand(b, generator=g) < r.p_mix) & (data.target[other] != data.target[fg_idx])
+        lam = torch.where(use, lam, torch.ones(b))
+        x2 = _at_ratio(x, _crops(data, other, g, active=True), torch.zeros(b))
+        x = lam[:, None, None] * x + (1 - lam[:, None, None]) * x2
+        y = lam[:, None] * y + (1 - lam[:, None]) * F.one_hot(data.target[other], y.shape[1])
+    x = x * 10 ** (_uniform(g, b, r.gain_db) / 10)[:, None, None]
+    label = y.argmax(1)
     if len(background):
         bg_idx = background[torch.randint(len(background), (b,), generator=g)]
-        use = (torch.rand(b, generator=g) < r.p_background) & (data.target[bg_idx] != y)
+        use = (torch.rand(b, generator=g) < r.p_background) & (data.target[bg_idx] != label)
         bg = _at_ratio(x, _crops(data, bg_idx, g, active=False), _uniform(g, b, r.snr_db))
         x = x + bg * use[:, None, None]
     second = torch.multinomial(weights, b, replacement=True, generator=g)
-    use = (torch.rand(b, generator=g) < r.p_second) & (data.target[second] != y)
+    use = (torch.rand(b, generator=g) < r.p_second) & (data.target[second] != label)
     x2 = _at_ratio(x, _crops(data, second, g, active=True), _uniform(g, b, r.second_db))
     x = torch.log(x + x2 * use[:, None, None] + LOG_OFFSET)
-    return x, y, interaction[y].float()
+    return x, y, y @ interaction.float()
 
 
 def spec_augment(x: torch.Tensor, r: Recipe, g: torch.Generator) -> torch.Tensor:
     """Zero (the normalised mean) random time and frequency stripes of ``[B, T, F]``."""
     b, t, f = x.shape
     keep = torch.ones_like(x, dtype=torch.bool)
-    for n, width, size, axis in ((r.time_masks, r.time_mask_max, t, 1), (r.freq_masks, r.freq_mask_max, f, 2)):  # fmt: skip
+    masks = ((r.time_masks, r.time_mask_max, t, 1), (r.freq_masks, r.freq_mask_max, f, 2))
+    for n, width, size, axis in masks:
         for _ in range(n):
             w = torch.randint(width + 1, (b, 1), generator=g)
             s = (torch.rand(b, 1, generator=g) * (size - w + 1)).long()
@@ -348,8 +362,10 @@ def train_model(
             run += loss.item() / r.steps_per_epoch
             bar.update()
         m = metrics(score(model, val, inter))
-        history.append({"epoch": epoch + 1, "loss": run, "val_accuracy": m["accuracy"],
-                        "val_nll": m["nll"], "val_interaction_auc": m["interaction_auc"]})  # fmt: skip
+        history.append(
+            {"epoch": epoch + 1, "loss": run, "val_accuracy": m["accuracy"], "val_nll": m["nll"],
+             "val_interaction_auc": m["interaction_auc"]}
+        )  # fmt: skip
         bar.set_postfix(loss=f"{run:.3f}", val_acc=f"{m['accuracy']:.3f}")
         if (m["accuracy"], -m["nll"]) > best_key:
             best_key, best = (m["accuracy"], -m["nll"]), copy.deepcopy(model.state_dict())
@@ -400,18 +416,20 @@ def unseen_eval(parts: dict[str, list[esc50.Clip]], cache: dict, r: Recipe, seed
     inter = interaction_mask()
     for k in range(3):
         held = set(esc50.INTERACTION[k::3])
-        keep = {name: [c for c in parts[name] if c.category not in held] for name in ("train", "val")}
-        tr, va = load_set(keep["train"], cache), load_set(keep["val"], cache)
+        seen = set(esc50.INTERACTION) - held
+        tr = load_set([c for c in parts["train"] if c.category not in held], cache)
+        va = load_set([c for c in parts["val"] if c.category not in held], cache)
         model, hist = train_model(tr, va, r, seed, desc=f"unseen fold {k + 1}/3")
         temperature, platt = calibrate(model, va)
+        val_accuracy = metrics(score(model, va, inter), temperature, platt)["accuracy"]
         row = {"held_out": sorted(held), "best_epoch": hist["best_epoch"], "platt": list(platt),
-               "val_accuracy": metrics(score(model, va, inter), temperature, platt)["accuracy"]}  # fmt: skip
+               "val_accuracy": val_accuracy}  # fmt: skip
         neg_test = [c for c in parts["test"] if c.category not in esc50.INTERACTION]
         neg_val = [c for c in parts["val"] if c.category not in esc50.INTERACTION]
         sets = {
             "test": [c for c in parts["test"] if c.category in held] + neg_test,
             "select": [c for c in parts["train"] + parts["val"] if c.category in held] + neg_val,
-            "seen": [c for c in parts["test"] if c.category in set(esc50.INTERACTION) - held] + neg_test,
+            "seen": [c for c in parts["test"] if c.category in seen] + neg_test,
         }
         for name, clips in sets.items():
             if not any(c.category in esc50.INTERACTION for c in clips):
@@ -431,6 +449,37 @@ def unseen_eval(parts: dict[str, list[esc50.Clip]], cache: dict, r: Recipe, seed
 
 
 # -------------------------------------------------------------------------------------- CLI
+
+
+def benchmark(model: AudioCNN, *, batch: int = 8, repeats: int = 200) -> dict:
+    """Inference speed on one thread: median ms per patch over ``repeats`` batches of ``batch``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    x = torch.randn(batch, PATCH_FRAMES, N_MELS, generator=torch.Generator().manual_seed(0)) - 4
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 10):
+            t = time.perf_counter()
+            model.eval()(x)
+            if i >= 10:
+                times.append(time.perf_counter() - t)
+    torch.set_num_threads(threads)
+    macs = sum(m.weight.numel() * n for m, n in _conv_outputs(model)) + model.cls_weight.numel()
+    ms = 1000 * np.array(times) / batch
+    return {"batch": batch, "threads": 1, "ms_per_patch_median": float(np.median(ms)),
+            "ms_per_patch_p90": float(np.percentile(ms, 90)), "macs_per_patch": int(macs),
+            "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+
+
+def _conv_outputs(model: AudioCNN) -> list[tuple[torch.nn.Module, int]]:
+    """(layer, output positions) of every conv and linear layer for one 96x64 patch."""
+    h, w, out = PATCH_FRAMES, N_MELS, []
+    for block in model.blocks:
+        out.append((block.conv, h * w))
+        if block.pool:
+            h, w = h // 2, w // 2
+    out += [(model.embed, 1), (model.interaction, 1)]
+    return out
 
 
 def checkpoint(
@@ -466,7 +515,8 @@ def table(results: dict) -> str:
         lines.append("unseen interaction classes (per fold: AUC, recall@0.5, FPR@0.5):")
         for f in u["folds"]:
             m = f["test"]
-            lines.append(f"  {','.join(f['held_out'])}: {m['auc']:.3f} {m['recall']:.3f} {m['fpr']:.3f}")
+            held = ",".join(f["held_out"])
+            lines.append(f"  {held}: {m['auc']:.3f} {m['recall']:.3f} {m['fpr']:.3f}")
         for name in ("test", "select", "seen"):
             m = u.get(f"mean_{name}")
             if m is None:
@@ -476,12 +526,14 @@ def table(results: dict) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m models.audio.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m models.audio.train", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=WEIGHTS, help="checkpoint path (.json beside it)")
     p.add_argument("--epochs", type=int, default=Recipe.epochs)
-    p.add_argument("--data", type=Path, default=None, help="ESC-50 folder (default: esc50.data_dir())")
-    p.add_argument("--unseen-eval", action="store_true", help="also run the unseen-class evaluation")
+    p.add_argument("--data", type=Path, default=None, help="ESC-50 folder (esc50.data_dir())")
+    p.add_argument("--unseen-eval", action="store_true", help="also the unseen-class evaluation")
     return p.parse_args(argv)
 
 
@@ -505,11 +557,13 @@ def main(argv: list[str] | None = None) -> dict:
         command += f" --out {args.out}"
     info = {
         "seed": args.seed, "command": command, "threads": THREADS, "torch": str(torch.__version__),
-        "clips": {k: len(v) for k, v in sets.items()}, "classes_in_train": len(set(sets["train"].target.tolist())),
+        "clips": {k: len(v) for k, v in sets.items()},
+        "classes_in_train": len(set(sets["train"].target.tolist())),
         "recipe": asdict(r), "best_epoch": hist["best_epoch"], "seconds": round(train_seconds, 1),
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint(model, temperature, platt, info), args.out)
+    results["inference"] = benchmark(model)
     if args.unseen_eval:
         results["unseen"] = unseen_eval(parts, cache, r, args.seed)
         info["command"] += " --unseen-eval"
@@ -519,7 +573,7 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')} in {results['total_seconds']:.0f} s")
+    print(f"wrote {args.out} and its .json in {results['total_seconds']:.0f} s")
     return results
 
 
