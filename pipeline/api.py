@@ -172,11 +172,12 @@ class Eidetic:
         emb = np.stack([classifier.embed_clip(x) for x in samples])
         weights = getattr(classifier, "path", None)
         sha = file_sha256(weights) if weights is not None and Path(weights).is_file() else None
-        sound = self._sound_library().add(
+        library = self._sound_library()
+        sound = library.add(
             name, emb, [str(Path(c).name) for c in clips], threshold=threshold,
             model_sha256=sha, replace=replace,
         )  # fmt: skip
-        return {"added": sound.to_json(), "sounds_dir": str(self._sound_library().root)}
+        return {"added": sound.to_json(), "sounds_dir": str(library.root)}
 
     def sounds_list(self) -> dict[str, Any]:
         """Built-in trigger classes and enrolled sounds; see ``eidetic sounds list``."""
@@ -279,7 +280,6 @@ class Eidetic:
         return answer_to_json(answer, keyframe_url=keyframe_url)
 
     def _embed_image(self, path: Path):
-        import numpy as np
         from PIL import Image, UnidentifiedImageError
 
         from models import registry

@@ -9,9 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from models.audio.base import AudioEvent, AudioEventDetector
 from models.audio.esc50 import DEFAULT_TRIGGERS
 from pipeline.errors import ConfigError
+from pipeline.ingest import merge_spans
 from pipeline.types import AudioChunk, CaptureWindow, TriggerEvent, TriggerState
 
 if TYPE_CHECKING:
@@ -57,7 +60,6 @@ def capture_windows(
     post_roll_s: float,
     max_window_s: float,
     duration_s: float | None = None,
-    max_capture_s: float | None = None,
 ) -> list[CaptureWindow]:
     """Capture windows of the accepted triggers.
 
@@ -73,9 +75,6 @@ def capture_windows(
         Longer merged windows are cut into equal parts no longer than this (s).
     duration_s : float or None
         Media length (s); windows are clipped to ``[0, duration_s]`` (to ``[0, inf)`` if None).
-    max_capture_s : float or None
-        A trigger longer than this captures only its first ``max_capture_s`` seconds (a long
-        sound needs its start seen, not all of it); None: all of it.
 
     Returns
     -------
@@ -89,8 +88,7 @@ def capture_windows(
     for e in events:
         if e.state is not TriggerState.END or not e.accepted:
             continue
-        end = e.t_end if max_capture_s is None else min(e.t_end, e.t_start + max_capture_s)
-        s, t = max(0.0, e.t_start - pre_roll_s), min(hi, end + post_roll_s)
+        s, t = max(0.0, e.t_start - pre_roll_s), min(hi, e.t_end + post_roll_s)
         if t > s + EPS_S:
             spans.append((s, t, e))
     spans.sort(key=lambda x: (x[0], x[1]))
@@ -114,16 +112,12 @@ LABEL_MIN = 0.3  # a sound that does not trigger keeps its class label only if t
 RING_FRAMES = 400  # log-mel frames kept for classification (4 s)
 SCAN_BATCH = 4  # patches classified together while no gate sound waits for them (speed)
 SCAN_GAP = 1  # a scan-found sound ends after this many patches without trigger evidence
-SILENT_LOGMEL = math.log(0.001)  # log-mel of digital silence (pads the last patch of a stream)
 
 
 class _MelRing:
     """The latest log-mel frames of the current segment, indexed by frame number in it."""
 
     def __init__(self) -> None:
-        import numpy as np
-
-        self._np = np
         self.mel = np.zeros((0, 64), dtype=np.float32)
         self.t = np.zeros(0)
         self.first = 0  # segment frame number of mel[0]
@@ -134,7 +128,6 @@ class _MelRing:
         return self.first + self.t.size
 
     def push(self, mel, t, new_segment: bool) -> None:
-        np = self._np
         if new_segment:
             self.mel, self.t, self.first = mel.copy(), t.copy(), 0
             return
@@ -147,7 +140,6 @@ class _MelRing:
     def patch(self, i0: int, *, final: bool = False):
         """``(float32[96, 64], start_s)`` of frames ``[i0, i0 + 96)``; None if not all here
         (with ``final``: the frames there are, padded with silence; None if none)."""
-        np = self._np
         a = i0 - self.first
         if a < 0 or a >= self.t.size:
             return None
@@ -261,7 +253,8 @@ class TriggerPolicy:
     pre_roll_s, post_roll_s, max_window_s : float
         Capture window padding and longest window (s).
     max_capture_s : float or None
-        Seconds of a trigger captured from its start (None: all); see :func:`capture_windows`.
+        Seconds of each accepted sound captured from its start (None: all of it): a long sound
+        needs its start seen, not all of it.
     """
 
     def __init__(
@@ -283,10 +276,7 @@ class TriggerPolicy:
         post_roll_s: float = 1.0,
         max_window_s: float = 20.0,
         max_capture_s: float | None = None,
-        merge_gap_s: float | None = None,
     ) -> None:
-        if merge_gap_s is not None:  # older name of refractory_s
-            refractory_s = merge_gap_s
         _check_tunables(
             pre_roll_s=pre_roll_s, post_roll_s=post_roll_s, max_window_s=max_window_s,
             refractory_s=refractory_s, threshold=threshold, hysteresis=hysteresis,
@@ -489,8 +479,6 @@ class TriggerPolicy:
     def _scan(self, *, final: bool, now: float) -> list[TriggerEvent]:
         """Classify every new patch of the grid; give each to the sounds it overlaps, or let it
         start a sound of its own if it is trigger evidence the gate did not hear."""
-        import numpy as np
-
         ring = self._ring
         queue = self._queue
         while (got := ring.patch(self._next_patch)) is not None:
@@ -559,8 +547,6 @@ class TriggerPolicy:
         return out
 
     def _add(self, s: _Sound, p: _Patch) -> None:
-        import numpy as np
-
         s.emb = np.array(p.embedding, dtype=np.float64) if s.emb is None else s.emb + p.embedding
         s.n_patches += 1
         if s.best is None or (p.accepted, p.strength) > (s.best.accepted, s.best.strength):
@@ -569,8 +555,6 @@ class TriggerPolicy:
 
     def _judge(self, t0: float, probs, inter: float, emb) -> _Patch:
         """Label, score and trigger evidence of one patch."""
-        import numpy as np
-
         t1 = t0 + PATCH_FRAMES * 0.01
         e32 = np.asarray(emb, dtype=np.float32)
         best = None
@@ -597,8 +581,6 @@ class TriggerPolicy:
         return _Patch(t0, t1, name, top_p, False, max(strength, ri), emb)
 
     def _finish(self, s: _Sound) -> None:
-        import numpy as np
-
         s.final = True
         self._sounds.remove(s)
         emb = s.gate_event.embedding if s.gate_event is not None else None
@@ -673,8 +655,8 @@ class TriggerPolicy:
         t = max(b for _, b in padded)
         lo = t - self.rate_window_s
         self._captured = [(a, b) for a, b in self._captured if b > lo]
-        used = sum(b - max(a, lo) for a, b in merge_intervals(self._captured) if b > lo)
-        total = sum(b - max(a, lo) for a, b in merge_intervals([*self._captured, *padded]) if b > lo)
+        used = sum(b - max(a, lo) for a, b in merge_spans(self._captured) if b > lo)
+        total = sum(b - max(a, lo) for a, b in merge_spans([*self._captured, *padded]) if b > lo)
         if total > self.max_capture_fraction * self.rate_window_s + EPS_S and total > used:
             logger.warning(
                 "stream %s: trigger %d (%s at %.1f s) dropped: capture rate over %.0f%% of %.0f s",
@@ -684,17 +666,6 @@ class TriggerPolicy:
             return False
         self._captured += padded
         return True
-
-
-def merge_intervals(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Union of intervals, sorted and non-overlapping."""
-    out: list[tuple[float, float]] = []
-    for a, b in sorted(spans):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
 
 
 def load_classifier(cfg: TriggerConfig):

@@ -202,17 +202,6 @@ class SoundLibrary:
                 found = True
         return found
 
-    def match(self, sounds: list[CustomSound], embedding: np.ndarray) -> tuple[str, float] | None:
-        """Best enrolled sound whose threshold ``embedding`` passes: ``(name, similarity)``."""
-        best = None
-        for s in sounds:
-            if s.embeddings.shape[1] != embedding.shape[0]:
-                continue
-            sim = s.similarity(embedding)
-            if sim >= s.threshold and (best is None or sim > best[1]):
-                best = (s.name, sim)
-        return best
-
 
 def _npy_bytes(a: np.ndarray) -> bytes:
     import io
