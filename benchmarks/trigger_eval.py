@@ -271,6 +271,10 @@ def summarise(raws: Sequence[dict[str, Any]]) -> dict[str, Any]:
         wall = sum(r["wall_s"] for r in raws)
         out["wall_s"] = wall
         out["speed_x_rt"] = duration / wall if wall > 0 else None
+    if raws and all("cpu_s" in r for r in raws):
+        cpu = sum(r["cpu_s"] for r in raws)
+        out["cpu_s"] = cpu
+        out["speed_cpu_x_rt"] = duration / cpu if cpu > 0 else None
     snrs = _group(ev, "snr_db"), _group(dist, "snr_db")
     out["per_snr"] = {
         k: _event_metrics(snrs[0].get(k, []), snrs[1].get(k, []))
@@ -310,9 +314,10 @@ def passes(metric: str, value: float | None) -> bool | None:
 
 def run_policy(
     trigger_cfg: Any, samples: np.ndarray, *, chunk_s: float = 0.24
-) -> tuple[list[Emitted], list[CaptureWindow], float]:
+) -> tuple[list[Emitted], list[CaptureWindow], float, float]:
     """Feed ``samples`` (16 kHz) to a fresh policy in chunks; return the emitted messages, the
-    capture windows and the wall seconds of feed + flush (construction is not timed)."""
+    capture windows, and the wall and process-CPU seconds of feed + flush (construction is not
+    timed; CPU time is less sensitive to other load on a shared machine)."""
     from pipeline.triggers import TriggerPolicy
 
     policy = TriggerPolicy.from_config("eval", trigger_cfg)
@@ -323,12 +328,12 @@ def run_policy(
     ]
     duration = len(samples) / SAMPLE_RATE
     emitted: list[Emitted] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for c in chunks:
         emitted += [Emitted(c.t_end, e) for e in policy.feed(c)]
     emitted += [Emitted(duration, e) for e in policy.flush()]
-    wall = time.perf_counter() - t0
-    return emitted, policy.windows(duration), wall
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return emitted, policy.windows(duration), wall, cpu
 
 
 def classifier_metrics(clips: Sequence[Any]) -> dict[str, Any]:
@@ -382,6 +387,8 @@ def format_table(pooled: dict[str, Any], classifier: dict[str, Any], header: str
             f"{_fmt(m['distractor_rate'], '.2f', 'distractor_rate'):>9}{lat[0]}{lat[1]}"
         )
     c = classifier
+    la = pooled.get("load_avg_1min")
+    load = "n/a" if not la else " -> ".join(f"{x:.1f}" for x in la)
     lines += [
         f"capture fraction    {_fmt(pooled['capture_fraction'], '.3f', 'capture_fraction')}"
         f"  (target <= {TARGETS['capture_fraction'][1]:g})",
@@ -390,7 +397,8 @@ def format_table(pooled: dict[str, Any], classifier: dict[str, Any], header: str
         f"{_fmt(pooled['false_distractor_per_min'])}/min; triggers accepted "
         f"{pooled['n_accepted']}, rejected {pooled['n_rejected']})",
         f"speed               {_fmt(pooled.get('speed_x_rt'), '.0f', 'speed_x_rt')} x real time"
-        f"  (target >= {TARGETS['speed_x_rt'][1]:g}, 1 thread)",
+        f"  (target >= {TARGETS['speed_x_rt'][1]:g}, 1 thread, wall clock; by process CPU time "
+        f"{_fmt(pooled.get('speed_cpu_x_rt'), '.0f')} x; load average {load})",
         "classifier          " + (
             f"accuracy {c['accuracy']:.3f} on {c['n_clips']} test clips, trigger-vs-distractor "
             f"AUC {_fmt(c['interaction_auc'], '.3f')} (interaction score)"
@@ -445,10 +453,11 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 def evaluate(sc: Soundscape, trigger_cfg: Any, *, chunk_s: float) -> dict[str, Any]:
     """Run the policy on one soundscape; its truth, windows, triggers and metrics as a dict."""
-    emitted, windows, wall = run_policy(trigger_cfg, sc.samples, chunk_s=chunk_s)
+    emitted, windows, wall, cpu = run_policy(trigger_cfg, sc.samples, chunk_s=chunk_s)
     metrics = score(sc.events, windows, emitted, duration_s=sc.duration)
-    metrics["raw"]["wall_s"] = wall
+    metrics["raw"]["wall_s"], metrics["raw"]["cpu_s"] = wall, cpu
     metrics["wall_s"], metrics["speed_x_rt"] = wall, sc.duration / wall if wall > 0 else None
+    metrics["cpu_s"], metrics["speed_cpu_x_rt"] = cpu, sc.duration / cpu if cpu > 0 else None
     return {
         "seed": list(sc.seed), "duration_s": sc.duration, "gain_db": sc.gain_db,
         "background": [_as_dict(b) for b in sc.background],
@@ -488,10 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     clips = held_out_clips() if args.split == "test" else split(read_meta())[args.split]
     results = []
+    load0 = os.getloadavg()[0]
     for i in tqdm(range(args.n), desc="soundscapes", file=sys.stderr):
         sc = build_soundscape(clips, minutes=args.minutes, seed=(args.seed, i), snr_db=args.snr)
         results.append(evaluate(sc, cfg, chunk_s=args.chunk_s))
     pooled = pool([r["metrics"] for r in results])
+    pooled["load_avg_1min"] = [load0, os.getloadavg()[0]]  # machine load at start and end
     classifier = ({"available": False, "error": "skipped (--no-classifier)"}
                   if args.no_classifier else classifier_metrics(clips))  # fmt: skip
     print(format_table(pooled, classifier, (

@@ -232,12 +232,12 @@ def test_run_policy_chunks_and_emission_times(monkeypatch):
 
     fake = FakePolicy()
     monkeypatch.setattr(TriggerPolicy, "from_config", classmethod(lambda cls, sid, cfg: fake))
-    emitted, windows, wall = run_policy(None, np.zeros(SR + 800, np.float32), chunk_s=0.25)
+    emitted, windows, wall, cpu = run_policy(None, np.zeros(SR + 800, np.float32), chunk_s=0.25)
     assert [c[0] for c in fake.chunks] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
     assert [c[1] for c in fake.chunks] == [4000, 4000, 4000, 4000, 800]
     assert {c[2] for c in fake.chunks} == {"eval"}
     assert [(t, e.state) for t, e in emitted] == [(0.75, START), (1.05, END)]
-    assert fake.duration == pytest.approx(1.05) and len(windows) == 1 and wall >= 0
+    assert fake.duration == pytest.approx(1.05) and len(windows) == 1 and wall >= 0 and cpu >= 0
 
 
 def test_classifier_metrics_with_a_fake_classifier(esc50_test, monkeypatch):

@@ -292,3 +292,14 @@ def test_embed_clip_shape_and_errors() -> None:
     assert np.linalg.norm(e) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ParameterError, match="399"):
         embed_clip(np.zeros(399, dtype=np.float32))
+
+
+@pytest.mark.parametrize("width", [1, 2, 7, 400])
+def test_gate_median_equals_numpy(rng: np.random.Generator, width: int) -> None:
+    # the gate's partition-based median/MAD must be np.median's exactly (same thresholds)
+    from models.audio.energy import _mad_stats
+
+    x = np.round(rng.normal(-40, 6, (2, 5, width)), 1)  # ties included
+    med, mad = _mad_stats(x)
+    np.testing.assert_array_equal(med, np.median(x, axis=-1))
+    np.testing.assert_array_equal(mad, np.median(np.abs(x - med[..., None]), axis=-1))

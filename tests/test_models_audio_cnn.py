@@ -154,3 +154,18 @@ def test_interaction_score_separates_held_out_clips(
     neg = [c for c in test_clips if c.category in esc50.DISTRACTORS]
     q_pos, q_neg = clip_scores(clf, pos).interaction, clip_scores(clf, neg).interaction
     assert q_pos.mean() > q_neg.mean() + 0.2, (q_pos.mean(), q_neg.mean())
+
+
+@pytest.mark.parametrize("n", [1, 3, 70])
+def test_fused_forward_matches_eager_module(clf: AudioClassifier, n: int):
+    # the streaming path (batch norm folded, oneDNN where torch has it) scores like the module,
+    # and so does its plain-torch fallback
+    from models.audio.cnn import FusedCNN
+
+    x = torch.from_numpy(np.random.default_rng(n).normal(-4, 2, (n, PATCH_FRAMES, N_MELS)))
+    x = x.float()
+    with torch.inference_mode():
+        ref = clf.model(x)
+        for mkldnn in (None, False):
+            for a, b in zip(FusedCNN(clf.model, mkldnn=mkldnn)(x), ref):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=1e-5)

@@ -29,8 +29,8 @@ from models.errors import CheckpointError, ModelError, ParameterError
 
 __all__ = [
     "WEIGHTS", "EMBEDDING_DIM", "FORMAT", "VERSION", "ModelError", "CheckpointError",
-    "CNNConfig", "AudioCNN", "Prediction", "AudioClassifier", "clip_patches", "active_patches",
-    "load_checkpoint",
+    "CNNConfig", "AudioCNN", "FusedCNN", "Prediction", "AudioClassifier", "clip_patches",
+    "active_patches", "load_checkpoint",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -284,6 +284,68 @@ def load_checkpoint(path: str | Path | None = None) -> tuple[AudioCNN, dict[str,
     return model.eval(), ckpt
 
 
+def _fold_batch_norm(block: ConvBlock) -> nn.Conv2d:
+    """``block``'s convolution with its (eval-mode) batch norm folded into weight and bias."""
+    conv, bn = block.conv, block.bn
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+    fused.weight.copy_(conv.weight * scale[:, None, None, None])
+    fused.bias.copy_(bn.bias - bn.running_mean * scale)
+    return fused.eval()
+
+
+class FusedCNN:
+    """Inference-only view of an eval-mode :class:`AudioCNN`, for the streaming batches of 1-8.
+
+    Each block's batch norm is folded into its convolution and, where torch has oneDNN
+    (``torch.backends.mkldnn``), the convolution weights are reordered for it once and the
+    conv/ReLU/pooling stack runs on oneDNN tensors (what ``torch.utils.mkldnn.to_mkldnn`` does,
+    without its deprecated TorchScript modules). The outputs are :meth:`AudioCNN.forward`'s up to
+    float rounding (a test checks 1e-5); on one core a 1-8 patch batch runs about 2x faster than
+    the eager module, whose per-op overhead dominates at these sizes. The weights are copied:
+    later changes to ``model`` are not seen. ``mkldnn``: None uses oneDNN when available, False
+    never (plain ``conv2d`` with the folded weights).
+    """
+
+    def __init__(self, model: AudioCNN, *, mkldnn: bool | None = None) -> None:
+        self.model = model.eval()
+        available = bool(torch.backends.mkldnn.is_available())
+        self.mkldnn = available if mkldnn is None else bool(mkldnn) and available
+        self.pools = [b.pool for b in model.blocks]
+        self.layers = []  # (weight, bias, padding) per conv block
+        with torch.no_grad():
+            for block in model.blocks:
+                conv = _fold_batch_norm(block)
+                w, b, pad = conv.weight.detach(), conv.bias.detach(), tuple(conv.padding)
+                if self.mkldnn:
+                    w = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                        w.to_mkldnn(), pad, (1, 1), (1, 1), 1
+                    )
+                    b = b.to_mkldnn()
+                self.layers.append((w, b, pad))
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`AudioCNN.forward` (call under ``torch.inference_mode``)."""
+        m = self.model
+        h = m.normalise(x).unsqueeze(1)
+        if self.mkldnn:
+            h = h.to_mkldnn()
+        for (w, b, pad), pool in zip(self.layers, self.pools):
+            if self.mkldnn:
+                h = torch.mkldnn_convolution(h, w, b, pad, (1, 1), (1, 1), 1)
+            else:
+                h = F.conv2d(h, w, b, padding=pad)
+            h = F.relu(h)
+            if pool:
+                h = F.avg_pool2d(h, 2)
+        if self.mkldnn:
+            h = h.to_dense()
+        h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        e = F.normalize(m.embed(h), dim=1)
+        logits = m.log_scale.exp() * e @ F.normalize(m.cls_weight, dim=1).T
+        return logits, m.interaction(e).squeeze(1), e
+
+
 class AudioClassifier:
     """Calibrated ESC-50 classification, interaction score and embedding of log-mel patches.
 
@@ -310,6 +372,7 @@ class AudioClassifier:
                 raise ParameterError(f"threads must be a positive int or None, got {threads!r}")
             torch.set_num_threads(threads)
         self.model, ckpt = load_checkpoint(path)
+        self._net = FusedCNN(self.model)
         self.path = Path(path) if path is not None else WEIGHTS
         self.classes: tuple[str, ...] = tuple(ckpt["classes"])
         self.interaction_classes: tuple[str, ...] = tuple(ckpt["interaction_classes"])
@@ -349,7 +412,7 @@ class AudioClassifier:
         probs, inter, emb = [], [], []
         with torch.inference_mode():
             for i in range(0, x.shape[0], BATCH):
-                logits, z, e = self.model(x[i : i + BATCH])
+                logits, z, e = self._net(x[i : i + BATCH])
                 probs.append(torch.softmax(logits / self.temperature, dim=1))
                 inter.append(torch.sigmoid(a * z + b))
                 emb.append(e)
