@@ -22,6 +22,7 @@ from memory.types import Episode, SoundRecord
 logger = logging.getLogger(__name__)
 
 OVERFETCH = 4  # search_vectors fetches k * OVERFETCH neighbours (then x4 ...) before SQL filters
+PREFILTER_MAX = 50_000  # filters passing at most this many episodes are searched exactly
 BM25 = f"bm25(episodes_fts, {', '.join(map(str, FTS_WEIGHTS))})"
 
 
@@ -225,7 +226,9 @@ class StoreReader:
     ) -> list[tuple[int, float]]:
         """Nearest episodes to an example vector, filtered like :meth:`episodes`.
 
-        FAISS is asked for ``k * OVERFETCH`` neighbours, then more, until ``k`` pass the filters.
+        Without filters (or with a broad one) FAISS is asked for ``k * OVERFETCH`` neighbours,
+        then more, until ``k`` exist in SQLite and pass the filters. A filter passing at most
+        ``PREFILTER_MAX`` episodes is applied first: exact search among them (faiss ID selector).
 
         Parameters
         ----------
@@ -256,15 +259,49 @@ class StoreReader:
             index = self._ix.get(modality)
             if index is None or index.ntotal == 0:
                 return []
-            fetch = int(k) * OVERFETCH
-            while True:
-                D, I = index.search(xq, min(fetch, index.ntotal))
-                found = [(int(i), float(d)) for i, d in zip(I[0], D[0]) if i >= 0]
-                allowed = self._filter_ids([i for i, _ in found], where)
-                hits = [(i, d) for i, d in found if i in allowed]
-                if len(hits) >= k or fetch >= index.ntotal:
-                    return hits[: int(k)]
-                fetch *= OVERFETCH
+            if where[0] != "1":
+                allowed = self._allowed_ids(modality, where)
+                if allowed is not None:
+                    return self._search_among(index, xq, int(k), allowed)
+            return self._search_post_filtered(index, xq, int(k), where)
+
+    def _search_post_filtered(
+        self, index: Any, xq: np.ndarray, k: int, where: tuple[str, list[Any]]
+    ) -> list[tuple[int, float]]:
+        """FAISS first, then SQLite keeps the hits that exist and pass ``where``; fetches
+        ``OVERFETCH`` times more until ``k`` pass (deleted vectors still in an index drop out)."""
+        fetch = k * OVERFETCH
+        while True:
+            D, I = index.search(xq, min(fetch, index.ntotal))
+            found = [(int(i), float(d)) for i, d in zip(I[0], D[0]) if i >= 0]
+            allowed = self._filter_ids([i for i, _ in found], where)
+            hits = [(i, d) for i, d in found if i in allowed]
+            if len(hits) >= k or fetch >= index.ntotal:
+                return hits[:k]
+            fetch *= OVERFETCH
+
+    def _allowed_ids(self, modality: str, where: tuple[str, list[Any]]) -> np.ndarray | None:
+        """The ids passing a filter when there are at most ``PREFILTER_MAX`` (else None: a broad
+        filter is cheaper applied after the search)."""
+        cond, params = where
+        sql = (
+            f"SELECT e.id FROM episodes e WHERE {cond} AND EXISTS (SELECT 1 FROM vectors v "
+            "WHERE v.episode_id = e.id AND v.modality = ?) LIMIT ?"
+        )
+        rows = self._conn.execute(sql, (*params, modality, PREFILTER_MAX + 1)).fetchall()
+        if len(rows) > PREFILTER_MAX:
+            return None
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    @staticmethod
+    def _search_among(index: Any, xq: np.ndarray, k: int, allowed: np.ndarray) -> list[tuple[int, float]]:
+        """Exact search restricted to ``allowed`` ids (an ID selector; every IVF list visited)."""
+        if allowed.size == 0:
+            return []
+        ivf = index.ivf
+        D, I = index.search(xq, min(k, allowed.size), allowed=allowed,
+                            nprobe=None if ivf is None else ivf.nlist)  # fmt: skip
+        return [(int(i), float(d)) for i, d in zip(I[0], D[0]) if i >= 0]
 
     def _filter_ids(self, ids: list[int], where: tuple[str, list[Any]]) -> set[int]:
         """The ids that exist in SQLite and pass ``where`` (from :func:`where_sql`)."""

@@ -37,6 +37,8 @@ class Episode:
     episode_id is None until the store assigns it. t_start/t_end: media seconds; wall_start: UTC
     epoch seconds of t_start for live sources (None for files). keyframes: paths relative to the
     store directory (filled by the store). visual/audio: L2-normalised ``float32[d]`` or None.
+    clip: the episode's media (video + audio remuxed, no re-encode), relative to the store
+    directory once stored; give the store an absolute path to a file it will move in.
     """
 
     source: str
@@ -52,6 +54,7 @@ class Episode:
     visual: np.ndarray | None = field(default=None, compare=False)
     audio: np.ndarray | None = field(default=None, compare=False)
     episode_id: int | None = None
+    clip: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
