@@ -6,6 +6,7 @@ Vocabulary follows faiss: ``x`` rows to add or search, ``D`` scores/distances, `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -25,6 +26,7 @@ Metric = Literal["ip", "l2"]
 METRICS: tuple[str, ...] = ("ip", "l2")
 DEFAULT_FACTORY = "IDMap2,Flat"
 FILE_MODE = 0o644
+PARALLEL_MIN_QUERIES = 16  # fewer queries are searched on one thread
 FLAT_MAX = 50_000  # exact (Flat) search below this many vectors; IVF from here on
 IVF_NLIST_MIN, IVF_NLIST_MAX = 256, 8192
 IVF_TRAIN_PER_LIST = 40  # training sample per inverted list (faiss warns below 39)
@@ -68,6 +70,22 @@ def _faiss() -> Any:
     import faiss  # heavy: imported only when an index is built or loaded
 
     return faiss
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Run faiss with ``n`` OpenMP threads (None: unchanged). One query gains nothing from
+    threads, and on a busy machine waiting for a second thread costs milliseconds."""
+    if n is None:
+        yield
+        return
+    faiss = _faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _check_metric(metric: str) -> None:
@@ -242,6 +260,13 @@ class FaissIndex:
         if int(k) < 1:
             raise ParameterError(f"k must be >= 1, got {k!r}")
         xq = _as_x(x, self.dim)
+        with _threads(1 if xq.shape[0] < PARALLEL_MIN_QUERIES else None):
+            D, I = self._search(xq, int(k), allowed, nprobe)
+        return D.astype(np.float32, copy=False), I.astype(np.int64, copy=False)
+
+    def _search(
+        self, xq: np.ndarray, k: int, allowed: np.ndarray | None, nprobe: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if allowed is None and nprobe is None:
             D, I = self.index.search(xq, int(k))
         else:
@@ -255,7 +280,7 @@ class FaissIndex:
                 sel = faiss.IDSelectorBatch(sel_ids.size, faiss.swig_ptr(sel_ids))
                 params.sel = sel
             D, I = self.index.search(xq, int(k), params=params)
-        return D.astype(np.float32, copy=False), I.astype(np.int64, copy=False)
+        return D, I
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ``ids`` (absent ids are ignored); returns how many vectors were removed."""

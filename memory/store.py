@@ -31,9 +31,10 @@ from typing import Any, Literal
 import numpy as np
 
 from memory import blobs, maintenance
+from memory import objects as objects_mod
 from memory.errors import IndexMismatch, ParameterError, ReadOnlyStore
 from memory.indexes import AUTO, MODALITIES, IndexSet
-from memory.objects import forget_orphan_objects
+from memory.objects import REID_THRESHOLD, ObjectMatcher, forget_orphan_objects
 from memory.reader import LoggedSound, StoreReader
 from memory.schema import (
     DB_NAME,
@@ -71,6 +72,9 @@ class EpisodeStore(StoreReader):
         FAISS factory string used for every index (e.g. ``"IDMap2,HNSW32"``).
     jpeg_quality : int
         Quality of keyframe JPEGs (10–100).
+    reid_threshold : float
+        Cosine similarity at which an episode's object is the same identity as a known one
+        (memory/objects.py).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class EpisodeStore(StoreReader):
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         index_factory: str = AUTO,
         jpeg_quality: int = 85,
+        reid_threshold: float = REID_THRESHOLD,
     ) -> None:
         if synchronous not in SYNCHRONOUS:
             raise ParameterError(f"synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
@@ -91,6 +96,7 @@ class EpisodeStore(StoreReader):
         self.jpeg_quality = int(jpeg_quality)
         self._fsync = synchronous == "FULL"
         self._lock = threading.RLock()
+        self._objects = ObjectMatcher(threshold=reid_threshold)
         self._conn = None  # type: ignore[assignment]
         self._writer_lock = None if readonly else maintenance.acquire_writer_lock(self.path)
         try:
@@ -187,6 +193,7 @@ class EpisodeStore(StoreReader):
                     written.append(self._write_files(i, ep, imgs))
                 gens = self._insert(written)
             except BaseException:
+                self._objects.invalidate()
                 for (ep, _), (stored, _) in zip(batch, written):
                     blobs.give_back_clip(self.path, stored.clip, ep.clip)
                 for episode_id in ids:
@@ -256,6 +263,7 @@ class EpisodeStore(StoreReader):
                 [fts_row(ep, ep.episode_id) for ep, _ in written],  # type: ignore[arg-type]
             )
             c.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?)", vec_rows)
+            self._objects.assign(c, [ep for ep, _ in written])
             gens = {m: self._ix.sqlite_gen(m) + 1 for m in changed}
             for modality, gen in gens.items():
                 set_meta(c, f"gen:{modality}", gen)
@@ -327,6 +335,7 @@ class EpisodeStore(StoreReader):
                 ):
                     c.execute(sql, (doomed,))
                 forget_orphan_objects(c)
+                self._objects.invalidate()
                 c.executemany("INSERT INTO tombstones (episode_id, modality) VALUES (?, ?)",
                               [(int(r[0]), r[1]) for r in vecs])  # fmt: skip
                 c.executemany("INSERT OR IGNORE INTO trash VALUES (?)", [(i,) for i in found])
@@ -341,6 +350,16 @@ class EpisodeStore(StoreReader):
             if found:
                 logger.info("forgot %d episode(s): %s", len(found), found[:10])
             return found
+
+    def name_object(self, object_id: int, name: str | None) -> None:
+        """Name the object identity ``object_id`` (unique; None clears it). Its episodes become
+        findable by the name in full-text search. Raises ``ParameterError`` for an unknown id or
+        a name another object has."""
+        with self._lock:
+            self._require_writer()
+            with transaction(self._conn) as c:
+                objects_mod.name_object(c, object_id, name)
+            self._objects.invalidate()
 
     # --- upkeep (memory/maintenance.py) ------------------------------------------------------
 

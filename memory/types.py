@@ -90,3 +90,38 @@ class Answer:
     answered: bool
     answer: str
     evidence: tuple[EpisodeHit, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One episode in which a persistent object identity was seen (one track of that episode).
+
+    t_first/t_last: media seconds of the track; wall_first: UTC epoch seconds (live sources);
+    similarity: cosine of the track's descriptor to the identity when it was matched (1.0 for
+    the sighting that created the identity).
+    """
+
+    object_id: int
+    episode_id: int
+    track_id: int
+    source: str
+    t_first: float
+    t_last: float
+    wall_first: float | None
+    similarity: float
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectIdentity:
+    """An object re-identified across episodes and sources; name: given by the user (or None).
+
+    first_seen/last_seen: its first and latest sightings (by episode id, i.e. ingest order).
+    """
+
+    object_id: int
+    name: str | None
+    label: str
+    n_sightings: int
+    sources: tuple[str, ...]
+    first_seen: Sighting | None
+    last_seen: Sighting | None

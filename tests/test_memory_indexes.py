@@ -60,11 +60,19 @@ def test_flat_switches_to_ivf_and_stays_accurate(tmp_path: Path, small_threshold
             / 10 for q in xq
         ])  # fmt: skip
         assert recall >= 0.9
-        # filtered search is exact among the allowed episodes (ID selector over all lists)
-        cam1 = np.array([e.source == "cam1" and e.t_start >= 500 for e in stored])
+        # a narrow filter (1 %) is exact among the allowed episodes (ID selector, all lists)
+        cam1 = np.array([e.source == "cam1" and e.t_end >= 960 for e in stored])
         for q in xq[:10]:
-            got = [i for i, _ in s.search_vectors("visual", q, k=5, source="cam1", since=500)]
+            got = [i for i, _ in s.search_vectors("visual", q, k=5, source="cam1", since=960)]
             assert got == exact_top(ids[cam1], xb[cam1], q, 5)
+        # a broad one (12 %) is applied to more neighbours
+        cam1 = np.array([e.source == "cam1" and e.t_end >= 500 for e in stored])
+        recall = np.mean([
+            len(set(exact_top(ids[cam1], xb[cam1], q, 10))
+                & {i for i, _ in s.search_vectors("visual", q, k=10, source="cam1", since=500)})
+            / 10 for q in xq
+        ])  # fmt: skip
+        assert recall >= 0.85
     with EpisodeStore(tmp_path / "s", readonly=True) as r:
         assert r.check()["ok"]
         assert r._ix.get("visual").ivf is not None  # a reader loads the writer's IVF file
