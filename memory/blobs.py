@@ -1,4 +1,4 @@
-"""Keyframe files of the store: atomic JPEG writes, cheap integrity checks, disk usage."""
+"""Episode files of the store (keyframe JPEGs, media clips): atomic writes, checks, disk usage."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from memory.index import FILE_MODE
 logger = logging.getLogger(__name__)
 
 KEYFRAME_DIR = "keyframes"
+CLIP_DIR = "clips"
 JPEG_SOI = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"
 
@@ -94,6 +95,61 @@ def remove_keyframes(root: Path, episode_id: int) -> None:
     shutil.rmtree(root / KEYFRAME_DIR / str(int(episode_id)), ignore_errors=True)
 
 
+def clip_relpath(episode_id: int, suffix: str) -> str:
+    """``clips/<episode_id><suffix>`` (relative to the store dir)."""
+    return f"{CLIP_DIR}/{int(episode_id)}{suffix}"
+
+
+def adopt_clip(root: Path, episode_id: int, src: Path, *, fsync: bool) -> str:
+    """Move the media file ``src`` into the store as ``clips/<episode_id><suffix>`` (rename when
+    on the same file system, else copy + delete); returns its relative path."""
+    rel = clip_relpath(episode_id, src.suffix.lower() or ".mp4")
+    dst = root / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dst)
+    except OSError:  # another file system: copy to a temp beside dst, then rename
+        write_atomic(dst, src.read_bytes(), fsync=fsync)
+        src.unlink(missing_ok=True)
+    else:
+        if fsync:
+            with open(dst, "rb") as f:
+                os.fsync(f.fileno())
+    os.chmod(dst, FILE_MODE)
+    if fsync:
+        fsync_dir(dst.parent)
+    return rel
+
+
+def give_back_clip(root: Path, rel: str | None, original: str | None) -> None:
+    """Undo :func:`adopt_clip` after a failed commit (best effort)."""
+    if rel and original and (root / rel).exists() and not Path(original).exists():
+        try:
+            shutil.move(str(root / rel), original)
+        except OSError as e:
+            logger.warning("could not move clip %s back to %s: %s", rel, original, e)
+
+
+def remove_episode_files(root: Path, episode_id: int) -> None:
+    """Delete an episode's keyframes and clip (no error when absent)."""
+    remove_keyframes(root, episode_id)
+    clip_dir = root / CLIP_DIR
+    if clip_dir.is_dir():
+        for clip in clip_dir.glob(f"{int(episode_id)}.*"):
+            clip.unlink(missing_ok=True)
+
+
+def files_bytes(root: Path, rels: list[str]) -> int:
+    """Total size of the store-relative files ``rels`` (missing files count 0)."""
+    total = 0
+    for rel in rels:
+        try:
+            total += (root / rel).stat().st_size
+        except OSError:
+            pass
+    return total
+
+
 def jpeg_problem(path: Path) -> str | None:
     """Why ``path`` is not a whole JPEG (missing, empty, no SOI/EOI marker), or None if it is."""
     try:
@@ -112,12 +168,29 @@ def jpeg_problem(path: Path) -> str | None:
 
 
 def orphan_dirs(root: Path, known_ids: set[int]) -> list[Path]:
-    """Keyframe directories whose episode is not in SQLite (left by a crash before commit)."""
+    """Keyframe directories and clips whose episode is not in SQLite (a crash before commit,
+    or after a forget's commit and before its file deletion)."""
+    out = []
     base = root / KEYFRAME_DIR
-    if not base.is_dir():
-        return []
-    dirs = (p for p in base.iterdir() if p.is_dir() and p.name.isdigit())
-    return [p for p in dirs if int(p.name) not in known_ids]
+    if base.is_dir():
+        dirs = (p for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+        out += [p for p in dirs if int(p.name) not in known_ids]
+    clips = root / CLIP_DIR
+    if clips.is_dir():
+        files = (p for p in clips.iterdir() if p.is_file() and p.stem.isdigit())
+        out += [p for p in files if int(p.stem) not in known_ids]
+    return out
+
+
+def episode_file_ids(root: Path) -> set[int]:
+    """Episode ids that have a keyframe directory or a clip on disk."""
+    ids: set[int] = set()
+    for sub in (KEYFRAME_DIR, CLIP_DIR):
+        base = root / sub
+        if base.is_dir():
+            ids.update(int(p.name.split(".")[0]) for p in base.iterdir()
+                       if p.name.split(".")[0].isdigit())  # fmt: skip
+    return ids
 
 
 def disk_bytes(root: Path) -> int:

@@ -6,6 +6,7 @@ Vocabulary follows faiss: ``x`` rows to add or search, ``D`` scores/distances, `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -25,6 +26,20 @@ Metric = Literal["ip", "l2"]
 METRICS: tuple[str, ...] = ("ip", "l2")
 DEFAULT_FACTORY = "IDMap2,Flat"
 FILE_MODE = 0o644
+PARALLEL_MIN_QUERIES = 16  # fewer queries are searched on one thread
+FLAT_MAX = 50_000  # exact (Flat) search below this many vectors; IVF from here on
+IVF_NLIST_MIN, IVF_NLIST_MAX = 256, 8192
+IVF_TRAIN_PER_LIST = 40  # training sample per inverted list (faiss warns below 39)
+IVF_TRAIN_ITERS = 10  # k-means iterations (faiss default 25; 10 loses little, trains 2.5x faster)
+
+
+def choose_factory(n: int) -> str:
+    """The factory for an index of ``n`` vectors: exact ``Flat`` while small, then ``IVF{nlist}``
+    with ``nlist`` the power of two nearest ``2 * sqrt(n)`` (256 … 8192), full vectors kept."""
+    if n < FLAT_MAX:
+        return DEFAULT_FACTORY
+    nlist = 2 ** int(round(np.log2(2.0 * np.sqrt(n))))
+    return f"IDMap2,IVF{int(np.clip(nlist, IVF_NLIST_MIN, IVF_NLIST_MAX))},Flat"
 
 
 @runtime_checkable
@@ -39,7 +54,10 @@ class VectorIndex(Protocol):
 
     def add(self, ids: np.ndarray, x: np.ndarray) -> None: ...
 
-    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def search(
+        self, x: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+        nprobe: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def remove(self, ids: np.ndarray) -> int: ...
 
@@ -52,6 +70,22 @@ def _faiss() -> Any:
     import faiss  # heavy: imported only when an index is built or loaded
 
     return faiss
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Run faiss with ``n`` OpenMP threads (None: unchanged). One query gains nothing from
+    threads, and on a busy machine waiting for a second thread costs milliseconds."""
+    if n is None:
+        yield
+        return
+    faiss = _faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _check_metric(metric: str) -> None:
@@ -163,9 +197,39 @@ class FaissIndex:
         """Number of vectors in the index."""
         return int(self.index.ntotal)
 
+    @property
+    def ivf(self) -> Any | None:
+        """The inverted-file index inside (None for Flat/HNSW)."""
+        try:
+            return _faiss().extract_index_ivf(self.index)
+        except RuntimeError:
+            return None
+
+    @property
+    def exact(self) -> bool:
+        """True when searches are exhaustive (a Flat index)."""
+        faiss = _faiss()
+        inner = faiss.downcast_index(self.index.index)
+        return isinstance(inner, faiss.IndexFlat)
+
+    @property
+    def nprobe(self) -> int | None:
+        """Inverted lists visited per search (IVF only)."""
+        ivf = self.ivf
+        return None if ivf is None else int(ivf.nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        ivf = self.ivf
+        if ivf is not None:
+            ivf.nprobe = int(np.clip(value, 1, ivf.nlist))
+
     def train(self, x: np.ndarray) -> None:
         """Train the underlying index on ``x: float32[n, dim]`` (no-op for Flat)."""
         if not self.index.is_trained:
+            ivf = self.ivf
+            if ivf is not None:
+                ivf.cp.niter = IVF_TRAIN_ITERS
             self.index.train(_as_x(x, self.dim))
 
     def add(self, ids: np.ndarray, x: np.ndarray) -> None:
@@ -178,16 +242,45 @@ class FaissIndex:
         self.index.add_with_ids(x, ids)
         self._idset.add(ids)
 
-    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        x: np.ndarray,
+        k: int,
+        *,
+        allowed: np.ndarray | None = None,
+        nprobe: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` neighbours of each row of ``x: float32[m, dim]``.
 
+        ``allowed`` (``int64[n]`` ids) restricts the search to those ids (a faiss ID selector,
+        checked before any distance is computed); ``nprobe`` overrides the IVF lists visited.
         Returns ``D: float32[m, k]`` (inner products, best first, or squared L2 distances, nearest
         first) and ``I: int64[m, k]``; missing neighbours have id -1 (and D = -/+3.4e38).
         """
         if int(k) < 1:
             raise ParameterError(f"k must be >= 1, got {k!r}")
-        D, I = self.index.search(_as_x(x, self.dim), int(k))
+        xq = _as_x(x, self.dim)
+        with _threads(1 if xq.shape[0] < PARALLEL_MIN_QUERIES else None):
+            D, I = self._search(xq, int(k), allowed, nprobe)
         return D.astype(np.float32, copy=False), I.astype(np.int64, copy=False)
+
+    def _search(
+        self, xq: np.ndarray, k: int, allowed: np.ndarray | None, nprobe: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if allowed is None and nprobe is None:
+            D, I = self.index.search(xq, int(k))
+        else:
+            faiss = _faiss()
+            ivf = self.ivf
+            params = faiss.SearchParametersIVF() if ivf is not None else faiss.SearchParameters()
+            if ivf is not None:
+                params.nprobe = int(np.clip(nprobe or ivf.nprobe, 1, ivf.nlist))
+            if allowed is not None:
+                sel_ids = _as_ids(allowed)
+                sel = faiss.IDSelectorBatch(sel_ids.size, faiss.swig_ptr(sel_ids))
+                params.sel = sel
+            D, I = self.index.search(xq, int(k), params=params)
+        return D, I
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ``ids`` (absent ids are ignored); returns how many vectors were removed."""
@@ -224,7 +317,7 @@ class FaissIndex:
     def __repr__(self) -> str:
         return (
             f"FaissIndex(dim={self.dim}, factory={self.factory!r}, metric={self.metric!r}, "
-            f"ntotal={self.ntotal})"
+            f"ntotal={self.ntotal}, nprobe={self.nprobe})"
         )
 
 
@@ -255,25 +348,36 @@ class NumpyIndex:
         self._ids = np.concatenate([self._ids, ids])
         self._idset.add(ids)
 
-    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        x: np.ndarray,
+        k: int,
+        *,
+        allowed: np.ndarray | None = None,
+        nprobe: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Same contract as :meth:`FaissIndex.search` (ties broken by insertion order)."""
         if int(k) < 1:
             raise ParameterError(f"k must be >= 1, got {k!r}")
         xq = _as_x(x, self.dim)
         m, k = xq.shape[0], int(k)
+        xb, ids = self._x, self._ids
+        if allowed is not None:
+            keep = np.isin(ids, _as_ids(allowed))
+            xb, ids = xb[keep], ids[keep]
         if self.metric == "ip":
-            scores = xq @ self._x.T
+            scores = xq @ xb.T
             order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             fill = -np.finfo(np.float32).max
         else:
-            scores = ((xq[:, None, :] - self._x[None, :, :]) ** 2).sum(-1)
+            scores = ((xq[:, None, :] - xb[None, :, :]) ** 2).sum(-1)
             order = np.argsort(scores, axis=1, kind="stable")[:, :k]
             fill = np.finfo(np.float32).max
         D = np.full((m, k), fill, dtype=np.float32)
         I = np.full((m, k), -1, dtype=np.int64)
         n = order.shape[1]
         D[:, :n] = np.take_along_axis(scores, order, axis=1)
-        I[:, :n] = self._ids[order]
+        I[:, :n] = ids[order]
         return D, I
 
     def remove(self, ids: np.ndarray) -> int:

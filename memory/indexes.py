@@ -1,35 +1,81 @@
-"""The store's FAISS indexes (one per modality), kept in step with the SQLite ``vectors`` table.
+"""The store's FAISS indexes (one per modality), derived from the SQLite ``vectors`` table.
 
-SQLite is the source of truth. Every transaction that changes the vectors of a modality bumps the
-meta key ``gen:<modality>``; after saving ``index/<modality>.faiss`` the writer records the
-generation it reflects in ``index/<modality>.faiss.gen``. A reader compares the three to decide
-whether its in-memory index is current, whether the file on disk is, or whether it must rebuild
-from SQLite. A writer verifies ids on open and rebuilds any missing, unreadable or stale file.
+SQLite is the source of truth; an index file may lag behind it and is caught up, never trusted
+blindly:
+
+- Episode ids only grow, so an index that holds every vector up to id ``max_id`` is brought up to
+  date by adding the SQLite vectors with a larger id ("catch-up", done on open and by readers
+  whenever SQLite moved on).
+- A delete removes the SQLite row and records a tombstone in the same transaction. Exact (Flat)
+  indexes drop the vector at once; IVF/HNSW indexes keep it until the next rebuild (readers never
+  return it: every hit is checked against SQLite), and are rebuilt when deleted vectors exceed
+  ``COMPACT_FRACTION``.
+- The index type follows the size (:func:`memory.index.choose_factory`): exact Flat below
+  ``FLAT_MAX`` vectors, then IVF, retrained when it has grown ``GROW_FACTOR`` times; its
+  ``nprobe`` is tuned at build time to reach ``TUNE_RECALL`` on the store's own vectors.
+- Files are written atomically (temp + fsync + rename) when enough changed or enough time passed,
+  and on close; ``<modality>.faiss.json`` beside each file records what it holds (a hint: a file
+  whose hint does not match is described from its own ids).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sqlite3
 import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from memory.errors import IndexMismatch, ParameterError
-from memory.index import DEFAULT_FACTORY, FaissIndex
-from memory.schema import blob_vector, get_meta
+from memory.index import FLAT_MAX, IVF_TRAIN_PER_LIST, FaissIndex, choose_factory
+from memory.schema import get_meta
 
 logger = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("visual", "audio")
 INDEX_DIR = "index"
-REBUILD_BATCH = 10_000  # vectors read from SQLite per chunk while rebuilding
+AUTO = "auto"  # factory: choose by size
+READ_BATCH = 50_000  # vectors read from SQLite per query while building
+SAVE_MIN_CHANGES = 256  # a file is rewritten after this many changes (and SAVE_FRACTION) ...
+SAVE_FRACTION = 0.2  # ... of its size, or after SAVE_INTERVAL_S with any change, and on close
+SAVE_INTERVAL_S = 30.0
+GROW_FACTOR = 4  # an IVF index is rebuilt (retrained) when it holds 4x its build size
+COMPACT_FRACTION = 0.1  # IVF/HNSW: rebuild when this fraction of its vectors is deleted
+TUNE_QUERIES = 200  # nprobe tuning: the store's own vectors as queries ...
+TUNE_RECALL = 0.97  # ... the smallest nprobe reaching this recall@10 (neighbours 2-11) wins
+NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048)
 
 
 def check_modality(modality: str) -> None:
     if modality not in MODALITIES:
         raise ParameterError(f"modality must be one of {MODALITIES}, got {modality!r}")
+
+
+@dataclass(slots=True)
+class IndexState:
+    """What an in-memory index reflects (the ``.faiss.json`` hint holds the saved one's)."""
+
+    gen: int = -1  # SQLite ``gen:<modality>`` it was synced at
+    max_id: int = 0  # largest episode id added (catch-up adds ids above it)
+    tomb_seq: int = 0  # tombstones up to this sequence number are folded in
+    built_n: int = 0  # vectors when it was (re)built
+    build: str = ""  # token of the (re)build: readers reload the file when it changes
+    nprobe: int | None = None
+    ntotal: int = 0
+    changes: int = 0  # adds and removes since the file was saved
+    saved_at: float = field(default_factory=time.monotonic)
+
+    def hint(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["changes"], d["saved_at"]
+        return d
 
 
 class IndexSet:
@@ -42,9 +88,9 @@ class IndexSet:
     conn : sqlite3.Connection
         The store's connection (shared; callers serialise access with ``lock``).
     readonly : bool
-        Readers never write files: a stale index is rebuilt in memory only.
+        Readers never write files: they load the saved index and catch up in memory.
     factory : str
-        FAISS factory string for new indexes.
+        ``"auto"`` (size-based), or a FAISS factory string forced for every index.
     """
 
     def __init__(
@@ -54,7 +100,7 @@ class IndexSet:
         lock: threading.RLock,
         *,
         readonly: bool,
-        factory: str = DEFAULT_FACTORY,
+        factory: str = AUTO,
     ) -> None:
         self.dir = root / INDEX_DIR
         self.conn = conn
@@ -62,12 +108,15 @@ class IndexSet:
         self.readonly = readonly
         self.factory = factory
         self._indexes: dict[str, FaissIndex] = {}
-        self._gens: dict[str, int] = {}
+        self._states: dict[str, IndexState] = {}
 
     # --- SQLite side ------------------------------------------------------------------------
 
     def path(self, modality: str) -> Path:
         return self.dir / f"{modality}.faiss"
+
+    def hint_path(self, modality: str) -> Path:
+        return self.dir / f"{modality}.faiss.json"
 
     def sqlite_gen(self, modality: str) -> int:
         return int(get_meta(self.conn, f"gen:{modality}", "0") or 0)
@@ -81,6 +130,13 @@ class IndexSet:
         rows = self.conn.execute(sql, (modality,)).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
+    def tomb_seq(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM tombstones").fetchone()[0])
+
+    def tombstoned_ids(self, modality: str) -> np.ndarray:
+        sql = "SELECT episode_id FROM tombstones WHERE modality = ?"
+        return np.array([r[0] for r in self.conn.execute(sql, (modality,))], dtype=np.int64)
+
     def dim(self, modality: str) -> int | None:
         """The dimension of this modality's vectors (None while it has none)."""
         if modality in self._indexes:
@@ -89,149 +145,320 @@ class IndexSet:
         row = self.conn.execute(sql, (modality,)).fetchone()
         return int(row[0]) if row else None
 
-    def build_from_sqlite(self, modality: str) -> FaissIndex | None:
-        """A fresh index holding every SQLite vector of ``modality`` (None if there are none)."""
-        cur = self.conn.execute(
-            "SELECT episode_id, dim, data FROM vectors WHERE modality = ? ORDER BY episode_id",
-            (modality,),
+    def read_vectors(self, modality: str, after_id: int = 0):
+        """Yield ``(ids int64[n], x float32[n, d])`` chunks of SQLite vectors with id > after_id."""
+        last = after_id
+        sql = (
+            "SELECT episode_id, dim, data FROM vectors WHERE modality = ? AND episode_id > ? "
+            "ORDER BY episode_id LIMIT ?"
         )
-        index: FaissIndex | None = None
-        while rows := cur.fetchmany(REBUILD_BATCH):
+        while rows := self.conn.execute(sql, (modality, last, READ_BATCH)).fetchall():
+            d = int(rows[0][1])
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            x = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), d)
+            yield ids, x.astype(np.float32)
+            last = int(ids[-1])
+
+    # --- building ---------------------------------------------------------------------------
+
+    def build_from_sqlite(self, modality: str) -> tuple[FaissIndex | None, IndexState]:
+        """A fresh index of every SQLite vector of ``modality`` (None if there are none)."""
+        state = IndexState(gen=self.sqlite_gen(modality), tomb_seq=self.tomb_seq())
+        state.build = uuid.uuid4().hex[:12]
+        n = self.sqlite_count(modality)
+        if n == 0:
+            return None, state
+        factory = choose_factory(n) if self.factory == AUTO else self.factory
+        t0 = time.perf_counter()
+        chunks = list(self.read_vectors(modality))
+        ids = np.concatenate([c[0] for c in chunks])
+        x = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
+        del chunks
+        index = FaissIndex(x.shape[1], factory=factory, metric="ip")
+        if not index.index.is_trained:
+            index.train(_train_sample(x, index))
+        index.add(ids, x)
+        if index.ivf is not None:
+            index.nprobe = tune_nprobe(index, ids, x)
+        state.max_id, state.built_n, state.ntotal = int(ids[-1]), index.ntotal, index.ntotal
+        state.nprobe = index.nprobe
+        logger.info(
+            "built %s index %s: %d vectors, nprobe %s, %.1f s",
+            modality, factory, index.ntotal, index.nprobe, time.perf_counter() - t0,
+        )  # fmt: skip
+        return index, state
+
+    def catch_up(self, modality: str) -> int:
+        """Add the SQLite vectors newer than the in-memory index; returns how many."""
+        state = self._states.setdefault(modality, IndexState())
+        index = self._indexes.get(modality)
+        added = 0
+        for ids, x in self.read_vectors(modality, state.max_id):
             if index is None:
-                index = FaissIndex(int(rows[0][1]), factory=self.factory, metric="ip")
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            index.add(ids, np.stack([blob_vector(r[2]) for r in rows]))
-        return index
+                index = FaissIndex(x.shape[1], factory=_first_factory(self.factory), metric="ip")
+                self._indexes[modality] = index
+                state.build = state.build or uuid.uuid4().hex[:12]
+            index.add(ids, x)
+            state.max_id = int(ids[-1])
+            added += len(ids)
+        if index is not None:
+            state.ntotal = index.ntotal
+        state.changes += added
+        return added
 
     # --- files ------------------------------------------------------------------------------
 
-    def _gen_path(self, modality: str) -> Path:
-        return self.dir / f"{modality}.faiss.gen"
-
-    def _file_gen(self, modality: str) -> int | None:
+    def _read_hint(self, modality: str) -> dict[str, Any] | None:
         try:
-            return int(self._gen_path(modality).read_text().strip())
+            return json.loads(self.hint_path(modality).read_text())
         except (OSError, ValueError):
             return None
 
-    def load_file(self, modality: str) -> FaissIndex | None:
-        """The index saved on disk (None when missing or unreadable; logged)."""
+    def load_file(self, modality: str) -> tuple[FaissIndex, IndexState] | None:
+        """The saved index and its state (None when missing or unreadable; logged)."""
         path = self.path(modality)
         if not path.exists():
             return None
         try:
-            return FaissIndex.load(path)
+            index = FaissIndex.load(path)
         except IndexMismatch as e:
             logger.warning("%s", e)
             return None
+        ids = index.ids()
+        max_id = int(ids.max()) if ids.size else 0
+        hint = self._read_hint(modality)
+        if hint and hint.get("ntotal") == index.ntotal and hint.get("max_id") == max_id:
+            state = IndexState(**{k: v for k, v in hint.items() if k in IndexState.__slots__})
+        else:  # killed between the file and its hint: describe the file by its own ids
+            logger.info("%s index hint does not match the file; using the file's ids", modality)
+            state = IndexState(max_id=max_id, built_n=index.ntotal, build=uuid.uuid4().hex[:12])
+            state.nprobe = None if index.ivf is None else max(1, index.ivf.nlist // 32)
+        state.ntotal = index.ntotal
+        if state.nprobe is not None:
+            index.nprobe = state.nprobe
+        return index, state
 
     def save(self, modality: str) -> None:
-        """Write the in-memory index (or delete the file when the modality is empty)."""
-        gen = self._gens.get(modality, self.sqlite_gen(modality))
-        index = self._indexes.get(modality)
+        """Write the in-memory index and its hint (or delete both when the modality is empty)."""
+        index, state = self._indexes.get(modality), self._states.get(modality)
         if index is None or index.ntotal == 0:
             self.path(modality).unlink(missing_ok=True)
-            self._gen_path(modality).unlink(missing_ok=True)
+            self.hint_path(modality).unlink(missing_ok=True)
             self._indexes.pop(modality, None)
-            return
-        index.save(self.path(modality))
-        tmp = self._gen_path(modality).with_suffix(".gen.tmp")
-        tmp.write_text(f"{gen}\n")
-        tmp.replace(self._gen_path(modality))
+        else:
+            index.save(self.path(modality))
+            state = self._states.setdefault(modality, IndexState())
+            state.ntotal, state.nprobe = index.ntotal, index.nprobe
+            tmp = self.hint_path(modality).with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(state.hint()) + "\n")
+            os.replace(tmp, self.hint_path(modality))
+        if state is not None:
+            state.changes, state.saved_at = 0, time.monotonic()
+        self._prune_tombstones()
 
-    def problems(self, modality: str, index: FaissIndex | None = None) -> list[str]:
-        """How the file on disk (or ``index``) disagrees with SQLite; empty if it agrees."""
-        want = self.sqlite_ids(modality)
-        index = self.load_file(modality) if index is None else index
-        if index is None:
-            if want.size == 0:
-                return []
-            state = "unreadable" if self.path(modality).exists() else "missing"
-            path = self.path(modality)
-            return [f"{path} is {state} but SQLite has {want.size} {modality} vectors"]
-        have = np.sort(index.ids())
-        if have.shape == want.shape and np.array_equal(have, want):
+    def _prune_tombstones(self) -> None:
+        """Drop tombstones no saved file needs any more (every file holds exactly SQLite's ids)."""
+        for modality in MODALITIES:
+            index = self._indexes.get(modality)
+            n = 0 if index is None else index.ntotal
+            if n != self.sqlite_count(modality) or self._states.get(modality, IndexState()).changes:
+                return
+        if self.conn.execute("SELECT 1 FROM tombstones LIMIT 1").fetchone():
+            self.conn.execute("DELETE FROM tombstones")
+
+    def maybe_save(self, modality: str) -> None:
+        """Save when enough changed or enough time passed since the last save (writer)."""
+        state = self._states.get(modality)
+        if state is None or state.changes == 0:
+            return
+        n = state.ntotal
+        due = state.changes >= max(SAVE_MIN_CHANGES, SAVE_FRACTION * n)
+        if due or time.monotonic() - state.saved_at >= SAVE_INTERVAL_S:
+            self._save_quietly(modality)
+
+    def _save_quietly(self, modality: str) -> None:
+        """Save; a failure (e.g. a full disk) is logged: the index is derived data."""
+        try:
+            self.save(modality)
+        except (OSError, RuntimeError, sqlite3.Error) as e:
+            logger.warning(
+                "could not save the %s index (%s); it will be caught up later", modality, e
+            )
+
+    def flush(self) -> None:
+        """Save every index with unsaved changes (writer close)."""
+        for modality in MODALITIES:
+            if self._states.get(modality, IndexState()).changes:
+                self._save_quietly(modality)
+
+    def problems(self, modality: str) -> list[str]:
+        """How the saved index disagrees with SQLite (empty if it is sound).
+
+        A file that is merely behind (it lacks vectors newer than its newest) is sound: it is
+        caught up on open. Unsound: a hint without its file, an unreadable file, ids SQLite never
+        had (and never deleted), or ids at or below the file's newest that the file lacks.
+        """
+        path = self.path(modality)
+        loaded = self.load_file(modality)
+        if loaded is None:
+            if path.exists():
+                return [f"{path} is unreadable; run `eidetic store rebuild`"]
+            if self.hint_path(modality).exists():
+                return [f"{path} is missing; run `eidetic store rebuild`"]
             return []
-        extra = np.setdiff1d(have, want)[:5].tolist()
-        lost = np.setdiff1d(want, have)[:5].tolist()
+        index, _ = loaded
+        have = np.sort(index.ids())
+        want = self.sqlite_ids(modality)
+        extra = np.setdiff1d(np.setdiff1d(have, want), self.tombstoned_ids(modality))
+        top = int(have[-1]) if have.size else 0
+        lost = np.setdiff1d(want[want <= top], have)
+        if not extra.size and not lost.size:
+            return []
         return [
-            f"{self.path(modality)} has {have.size} ids, SQLite {want.size} {modality} vectors "
-            f"(in index only: {extra}, in SQLite only: {lost})"
+            f"{path} disagrees with SQLite: ids in the index only: {extra[:5].tolist()} "
+            f"({extra.size}), in SQLite only: {lost[:5].tolist()} ({lost.size}); rebuild it"
         ]
 
     # --- lifecycle --------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Writer: load each index, rebuilding (and saving) any missing or disagreeing one."""
+        """Writer: load each index, rebuild any missing/unreadable/disagreeing one, catch up."""
         for modality in MODALITIES:
-            gen = self.sqlite_gen(modality)
-            index = self.load_file(modality)
-            problems = self.problems(modality, index) if index is not None else []
-            if index is None and self.sqlite_count(modality):
+            loaded = self.load_file(modality)
+            problems = self.problems(modality) if loaded is not None else []
+            if loaded is None and self.hint_path(modality).exists():
                 problems = self.problems(modality)
-            if problems:
-                logger.warning("rebuilding %s index from SQLite: %s", modality, "; ".join(problems))
-                self._replace(modality, self.build_from_sqlite(modality), gen)
-                self.save(modality)
-            elif index is not None:
-                self._replace(modality, index, gen)
-                if self._file_gen(modality) != gen:
-                    self.save(modality)
+            if problems or (loaded is None and self.sqlite_count(modality) > SAVE_MIN_CHANGES):
+                if problems:
+                    logger.warning("rebuilding %s index: %s", modality, "; ".join(problems))
+                self._rebuild_one(modality)
+                continue
+            if loaded is not None:
+                self._indexes[modality], self._states[modality] = loaded
+            if self.catch_up(modality):
+                logger.info("%s index caught up with SQLite", modality)
+            self._states[modality].gen = self.sqlite_gen(modality)
+            if not self._maybe_rebuild(modality):
+                self.maybe_save(modality)
 
     def rebuild(self) -> dict[str, int]:
-        """Rebuild every index from SQLite; returns vectors per modality."""
-        counts = {}
+        """Rebuild every index from SQLite (saved by a writer); returns vectors per modality."""
         with self.lock:
-            for modality in MODALITIES:
-                index = self.build_from_sqlite(modality)
-                self._replace(modality, index, self.sqlite_gen(modality))
-                if not self.readonly:
-                    self.save(modality)
-                counts[modality] = 0 if index is None else index.ntotal
-                logger.info("rebuilt %s index: %d vectors", modality, counts[modality])
-        return counts
+            return {m: self._rebuild_one(m) for m in MODALITIES}
 
-    def _replace(self, modality: str, index: FaissIndex | None, gen: int) -> None:
+    def _rebuild_one(self, modality: str) -> int:
+        index, state = self.build_from_sqlite(modality)
         if index is None:
             self._indexes.pop(modality, None)
         else:
             self._indexes[modality] = index
-        self._gens[modality] = gen
+        state.changes = 1  # unsaved
+        self._states[modality] = state
+        if not self.readonly:
+            self._save_quietly(modality)
+        return 0 if index is None else index.ntotal
+
+    def _maybe_rebuild(self, modality: str) -> bool:
+        """Writer: retrain a grown index, switch Flat to IVF, or compact deleted vectors."""
+        index, state = self._indexes.get(modality), self._states.get(modality)
+        if index is None or state is None or self.readonly:
+            return False
+        n = index.ntotal
+        why = None
+        if self.factory == AUTO and index.exact and n >= FLAT_MAX:
+            why = f"{n} vectors: switching to IVF"
+        elif self.factory == AUTO and index.ivf is not None and n >= GROW_FACTOR * state.built_n:
+            why = f"{n} vectors, trained at {state.built_n}: retraining"
+        elif not index.exact and n - self.sqlite_count(modality) > COMPACT_FRACTION * n:
+            why = "compacting deleted vectors"
+        if why is None:
+            return False
+        logger.info("rebuilding %s index (%s)", modality, why)
+        self._rebuild_one(modality)
+        return True
 
     def get(self, modality: str) -> FaissIndex | None:
-        """The current index of ``modality`` (a reader refreshes it when SQLite moved on)."""
+        """The current index of ``modality`` (a reader catches up when SQLite moved on)."""
         check_modality(modality)
         if not self.readonly:
             return self._indexes.get(modality)
         gen = self.sqlite_gen(modality)
-        if self._gens.get(modality) == gen:
+        state = self._states.get(modality)
+        if state is not None and state.gen == gen:
             return self._indexes.get(modality)
-        index = None
-        if self._file_gen(modality) == gen:
-            index = self.load_file(modality)
-            if index is not None and index.ntotal != self.sqlite_count(modality):
-                index = None
-        if index is None and self.sqlite_count(modality):
-            logger.info("%s index file is behind SQLite (gen %d); reading vectors", modality, gen)
-            index = self.build_from_sqlite(modality)
-        self._replace(modality, index, gen)
-        return index
+        hint = self._read_hint(modality)
+        if state is None or (hint and hint.get("build") != state.build):
+            loaded = self.load_file(modality)
+            if loaded is not None:
+                self._indexes[modality], self._states[modality] = loaded
+            elif state is None:
+                index, self._states[modality] = self.build_from_sqlite(modality)
+                if index is not None:
+                    self._indexes[modality] = index
+        self.catch_up(modality)
+        self._states[modality].gen = gen
+        return self._indexes.get(modality)
 
     # --- writer updates (after the SQLite transaction committed) ----------------------------
 
     def add(self, modality: str, ids: np.ndarray, x: np.ndarray, gen: int) -> None:
         index = self._indexes.get(modality)
+        state = self._states.setdefault(modality, IndexState())
         if index is None:
-            index = FaissIndex(x.shape[1], factory=self.factory, metric="ip")
+            index = FaissIndex(x.shape[1], factory=_first_factory(self.factory), metric="ip")
             self._indexes[modality] = index
+            state.build = uuid.uuid4().hex[:12]
         index.add(ids, x)
-        self._gens[modality] = gen
+        state.max_id = max(state.max_id, int(ids.max()))
+        state.gen, state.ntotal = gen, index.ntotal
+        state.changes += len(ids)
+        if not self._maybe_rebuild(modality):
+            self.maybe_save(modality)
 
     def remove(self, modality: str, ids: np.ndarray, gen: int) -> None:
         index = self._indexes.get(modality)
-        if index is not None:
-            index.remove(ids)
-        self._gens[modality] = gen
+        state = self._states.setdefault(modality, IndexState())
+        if index is not None and index.exact:
+            index.remove(ids)  # O(n), cheap while Flat; other types keep tombstoned vectors
+        state.gen, state.ntotal = gen, 0 if index is None else index.ntotal
+        state.changes += len(ids)
+        if not self._maybe_rebuild(modality):
+            self.maybe_save(modality)
 
     def ntotal(self) -> dict[str, int]:
         return {m: (0 if (i := self._indexes.get(m)) is None else i.ntotal) for m in MODALITIES}
+
+
+def _first_factory(factory: str) -> str:
+    return choose_factory(0) if factory == AUTO else factory
+
+
+def _train_sample(x: np.ndarray, index: FaissIndex) -> np.ndarray:
+    """A seeded random sample of ``x`` large enough to train ``index``."""
+    ivf = index.ivf
+    want = x.shape[0] if ivf is None else IVF_TRAIN_PER_LIST * ivf.nlist
+    if x.shape[0] <= want:
+        return x
+    rows = np.random.default_rng(0).choice(x.shape[0], want, replace=False)
+    return x[np.sort(rows)]
+
+
+def tune_nprobe(index: FaissIndex, ids: np.ndarray, x: np.ndarray) -> int:
+    """The smallest nprobe whose recall@10 on stored vectors (as queries, themselves excluded)
+    reaches ``TUNE_RECALL`` against exact search."""
+    import faiss
+
+    ivf = index.ivf
+    rng = np.random.default_rng(1)
+    q = rng.choice(x.shape[0], min(TUNE_QUERIES, x.shape[0]), replace=False)
+    xq = np.ascontiguousarray(x[q])
+    _, gt_rows = faiss.knn(xq, x, 11, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = [set(ids[r].tolist()) - {int(ids[qi])} for r, qi in zip(gt_rows, q)]
+    for nprobe in (p for p in NPROBES if p <= ivf.nlist):
+        _, I = index.search(xq, 11, nprobe=nprobe)
+        hits = sum(len(t & (set(row.tolist()) - {int(ids[qi])})) for t, row, qi in zip(truth, I, q))
+        recall = hits / max(1, sum(len(t) for t in truth))
+        if recall >= TUNE_RECALL:
+            logger.info("nprobe %d of %d lists: tuning recall@10 %.3f", nprobe, ivf.nlist, recall)
+            return nprobe
+    return int(ivf.nlist)

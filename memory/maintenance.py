@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from memory import blobs
 from memory.errors import ParameterError, StoreLocked
 from memory.indexes import MODALITIES
-from memory.schema import DB_NAME, SCHEMA_VERSION
+from memory.schema import DB_NAME, SCHEMA_VERSION, get_meta
 
 if TYPE_CHECKING:
     from memory.store import EpisodeStore
@@ -59,14 +59,26 @@ def acquire_writer_lock(root: Path) -> WriterLock:
     return WriterLock(root)
 
 
-def remove_orphans(store: EpisodeStore, *, all_ids: bool = False) -> list[Path]:
-    """Delete keyframe dirs without an episode row (a crash between the JPEGs and the commit).
+def empty_trash(store: EpisodeStore) -> int:
+    """Delete the files of forgotten episodes (the ``trash`` table), then their trash rows."""
+    ids = [int(r[0]) for r in store._conn.execute("SELECT episode_id FROM trash")]
+    for episode_id in ids:
+        blobs.remove_episode_files(store.path, episode_id)
+    if ids:
+        store._conn.execute("DELETE FROM trash")
+    return len(ids)
 
-    By default only ids from ``next_episode_id`` on are probed (cheap, done on every open).
-    ``all_ids=True`` scans every directory (done by ``EpisodeStore.rebuild``): it also finds what
-    a ``forget`` interrupted between its commit and the file deletion left behind.
+
+def remove_orphans(store: EpisodeStore, *, all_ids: bool = False) -> list[Path]:
+    """Delete episode files without an episode row.
+
+    On every writer open: the files of forgotten episodes left by a kill between the forget's
+    commit and its file deletion (the ``trash`` table), and files of ids from
+    ``next_episode_id`` on (a kill between writing them and the commit). ``all_ids=True`` scans
+    every directory (``EpisodeStore.rebuild``).
     """
     root = store.path
+    empty_trash(store)
     if all_ids:
         known = {int(r[0]) for r in store._conn.execute("SELECT id FROM episodes")}
         orphans = blobs.orphan_dirs(root, known)
@@ -75,9 +87,16 @@ def remove_orphans(store: EpisodeStore, *, all_ids: bool = False) -> list[Path]:
         while (root / blobs.KEYFRAME_DIR / str(i)).is_dir():
             orphans.append(root / blobs.KEYFRAME_DIR / str(i))
             i += 1
+        clips = root / blobs.CLIP_DIR
+        if clips.is_dir():
+            orphans += [p for p in clips.iterdir()
+                        if p.stem.isdigit() and int(p.stem) >= store._next_id]  # fmt: skip
     for path in orphans:
-        logger.warning("removing orphan keyframe directory %s (no episode row)", path)
-        shutil.rmtree(path, ignore_errors=True)
+        logger.warning("removing orphan episode files %s (no episode row)", path)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     for tmp in (root / "index").glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
     return orphans
@@ -134,6 +153,23 @@ def _sqlite_problems(conn: sqlite3.Connection) -> list[str]:
     return problems
 
 
+def _orphan_problems(store: EpisodeStore) -> list[str]:
+    """Episode files without a row, except the harmless leftovers of a killed writer (files of
+    an uncommitted id >= next_episode_id, or of a forget whose files are in the trash), which
+    the next writer removes."""
+    conn = store._conn
+    known = {int(r[0]) for r in conn.execute("SELECT id FROM episodes")}
+    pending = {int(r[0]) for r in conn.execute("SELECT episode_id FROM trash")}
+    next_id = int(get_meta(conn, "next_episode_id", "1") or 1)
+    out = []
+    for path in blobs.orphan_dirs(store.path, known):
+        episode_id = int(path.name.split(".")[0])
+        if episode_id in pending or episode_id >= next_id:
+            continue
+        out.append(f"orphan episode files (run rebuild): {path}")
+    return out
+
+
 def check(store: EpisodeStore) -> dict[str, Any]:
     """Verify the store: SQLite integrity, FAISS files == SQLite vectors, keyframe files.
 
@@ -148,25 +184,25 @@ def check(store: EpisodeStore) -> dict[str, Any]:
         for modality in MODALITIES:
             problems += store._ix.problems(modality)
         bad_kf = []
-        for episode_id, keyframes in conn.execute("SELECT id, keyframes FROM episodes"):
+        for episode_id, keyframes, clip in conn.execute("SELECT id, keyframes, clip FROM episodes"):
             for rel in json.loads(keyframes):
                 if (why := blobs.jpeg_problem(store.path / rel)) is not None:
                     bad_kf.append(f"episode {episode_id}: {why}")
+            if clip and not (store.path / clip).is_file():
+                bad_kf.append(f"episode {episode_id}: clip missing: {store.path / clip}")
         problems += _capped("keyframe problems", bad_kf)
-        known = {int(r[0]) for r in conn.execute("SELECT id FROM episodes")}
-        orphans = [f"orphan keyframe directory (run rebuild): {p}"
-                   for p in blobs.orphan_dirs(store.path, known)]  # fmt: skip
-        problems += _capped("orphans", orphans)
+        problems += _capped("orphans", _orphan_problems(store))
     except sqlite3.DatabaseError as e:
         return {"ok": False, "episodes": 0, "vectors": 0, "problems": [f"sqlite: {e}"]}
     return {"ok": not problems, "episodes": n_eps, "vectors": n_vec, "problems": problems}
 
 
 def export(store: EpisodeStore, dst: Path) -> Path:
-    """Write a consistent copy of ``store`` to the new or empty directory ``dst``.
+    """Write a consistent copy (a backup) of ``store`` to the new or empty directory ``dst``.
 
-    SQLite is copied with the online backup API (a snapshot), then the keyframes that snapshot
-    references; the FAISS indexes are rebuilt in ``dst`` from the snapshot. Returns ``dst``.
+    The index files are copied first, then SQLite with the online backup API (a snapshot that
+    is at least as new as those files, so they are merely behind and caught up), then the
+    keyframes and clips the snapshot references. Safe while a writer is running. Returns ``dst``.
     """
     from memory.store import EpisodeStore
 
@@ -174,21 +210,30 @@ def export(store: EpisodeStore, dst: Path) -> Path:
     if dst == store.path or (dst.exists() and any(dst.iterdir())):
         raise ParameterError(f"export target {dst} is not empty; choose a new directory")
     dst.mkdir(parents=True, exist_ok=True)
+    index_dir = store.path / "index"
+    if index_dir.is_dir():
+        (dst / "index").mkdir()
+        for modality in MODALITIES:
+            for name in (f"{modality}.faiss", f"{modality}.faiss.json"):
+                try:
+                    shutil.copy2(index_dir / name, dst / "index" / name)
+                except FileNotFoundError:
+                    pass
     snap = sqlite3.connect(dst / DB_NAME)
     try:
         store._conn.backup(snap)
-        rows = snap.execute("SELECT keyframes FROM episodes").fetchall()
+        rows = snap.execute("SELECT keyframes, clip FROM episodes").fetchall()
     finally:
         snap.close()
-    for (keyframes,) in rows:
-        for rel in json.loads(keyframes):
+    for keyframes, clip in rows:
+        for rel in [*json.loads(keyframes), *([clip] if clip else [])]:
             src = store.path / rel
             if src.exists():
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst / rel)
             else:
-                logger.warning("export: keyframe %s is missing; the copy lacks it too", src)
-    with EpisodeStore(dst):  # opening as writer builds the indexes from SQLite
+                logger.warning("export: %s is missing; the copy lacks it too", src)
+    with EpisodeStore(dst):  # the first writer open catches the indexes up and cleans up
         pass
     logger.info("exported %s to %s (%d episodes)", store.path, dst, len(rows))
     return dst

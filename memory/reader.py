@@ -17,11 +17,13 @@ from memory.errors import EpisodeNotFound, ParameterError
 from memory.indexes import IndexSet, check_modality
 from memory.schema import FTS_WEIGHTS, blob_vector, row_episode
 from memory.text import fts_expression, tokenize
-from memory.types import Episode, SoundRecord
+from memory.types import Episode, ObjectIdentity, Sighting, SoundRecord
 
 logger = logging.getLogger(__name__)
 
 OVERFETCH = 4  # search_vectors fetches k * OVERFETCH neighbours (then x4 ...) before SQL filters
+PREFILTER_MAX = 50_000  # narrow filters passing at most this many episodes are searched exactly
+BROAD_FILTER = 0.05  # a filter passed by this fraction of the nearest hits is applied after
 BM25 = f"bm25(episodes_fts, {', '.join(map(str, FTS_WEIGHTS))})"
 
 
@@ -139,6 +141,27 @@ class StoreReader:
             rows = self._conn.execute(sql, (*params, int(limit))).fetchall()
         return [row_episode(r) for r in rows]
 
+    def objects(self, *, named: bool | None = None, limit: int = 1000) -> list[ObjectIdentity]:
+        """Persistent object identities, most recently seen first (memory/objects.py)."""
+        from memory.objects import list_objects
+
+        with self._lock:
+            return list_objects(self._conn, named=named, limit=limit)
+
+    def object_timeline(self, object_id: int) -> list[Sighting]:
+        """Every sighting of one identity, oldest first; ``ParameterError`` if unknown."""
+        from memory.objects import timeline
+
+        with self._lock:
+            return timeline(self._conn, object_id)
+
+    def sightings(self, episode_id: int) -> list[Sighting]:
+        """The object identities seen in one episode."""
+        from memory.objects import episode_sightings
+
+        with self._lock:
+            return episode_sightings(self._conn, episode_id)
+
     def sounds(
         self,
         *,
@@ -225,7 +248,10 @@ class StoreReader:
     ) -> list[tuple[int, float]]:
         """Nearest episodes to an example vector, filtered like :meth:`episodes`.
 
-        FAISS is asked for ``k * OVERFETCH`` neighbours, then more, until ``k`` pass the filters.
+        Without filters (or with a broad one) FAISS is asked for ``k * OVERFETCH`` neighbours,
+        then more, until ``k`` exist in SQLite and pass the filters. A narrow filter (fewer than
+        ``BROAD_FILTER`` of the nearest neighbours pass it) passing at most ``PREFILTER_MAX``
+        episodes is applied first: exact search among them (faiss ID selector).
 
         Parameters
         ----------
@@ -256,15 +282,66 @@ class StoreReader:
             index = self._ix.get(modality)
             if index is None or index.ntotal == 0:
                 return []
-            fetch = int(k) * OVERFETCH
-            while True:
-                D, I = index.search(xq, min(fetch, index.ntotal))
-                found = [(int(i), float(d)) for i, d in zip(I[0], D[0]) if i >= 0]
-                allowed = self._filter_ids([i for i, _ in found], where)
-                hits = [(i, d) for i, d in found if i in allowed]
-                if len(hits) >= k or fetch >= index.ntotal:
-                    return hits[: int(k)]
-                fetch *= OVERFETCH
+            if where[0] == "1":
+                return self._search_post_filtered(index, xq, int(k), where, int(k) * OVERFETCH)
+            # probe: how many of the nearest neighbours pass the filter?
+            fetch = min(int(k) * OVERFETCH, index.ntotal)
+            hits, frac = self._probe(index, xq, where, fetch)
+            if len(hits) >= k or fetch >= index.ntotal:
+                return hits[: int(k)]
+            if frac < BROAD_FILTER:
+                allowed = self._allowed_ids(where)
+                if allowed is not None:
+                    return self._search_among(index, xq, int(k), allowed)
+            fetch = int(np.ceil(2 * k / max(frac, 1.0 / PREFILTER_MAX)))
+            hits = self._search_post_filtered(index, xq, int(k), where, fetch)
+            if len(hits) < k and not index.exact:  # IVF lists visited held too few
+                allowed = self._allowed_ids(where)
+                if allowed is not None:
+                    return self._search_among(index, xq, int(k), allowed)
+            return hits
+
+    def _probe(
+        self, index: Any, xq: np.ndarray, where: tuple[str, list[Any]], fetch: int
+    ) -> tuple[list[tuple[int, float]], float]:
+        """Hits among the ``fetch`` nearest neighbours, and the fraction of them that passed."""
+        D, I = index.search(xq, fetch)
+        found = [(int(i), float(d)) for i, d in zip(I[0], D[0]) if i >= 0]
+        allowed = self._filter_ids([i for i, _ in found], where)
+        hits = [(i, d) for i, d in found if i in allowed]
+        return hits, len(hits) / max(1, len(found))
+
+    def _search_post_filtered(
+        self, index: Any, xq: np.ndarray, k: int, where: tuple[str, list[Any]], fetch: int
+    ) -> list[tuple[int, float]]:
+        """FAISS first, then SQLite keeps the hits that exist and pass ``where``; fetches
+        ``OVERFETCH`` times more until ``k`` pass (deleted vectors still in an index drop out)."""
+        while True:
+            fetch = min(fetch, index.ntotal)
+            hits, _ = self._probe(index, xq, where, fetch)
+            if len(hits) >= k or fetch >= index.ntotal:
+                return hits[:k]
+            fetch *= OVERFETCH
+
+    def _allowed_ids(self, where: tuple[str, list[Any]]) -> np.ndarray | None:
+        """The ids passing a filter when there are at most ``PREFILTER_MAX`` (else None: a broad
+        filter is cheaper applied after the search)."""
+        cond, params = where
+        sql = f"SELECT e.id FROM episodes e WHERE {cond} LIMIT ?"
+        rows = self._conn.execute(sql, (*params, PREFILTER_MAX + 1)).fetchall()
+        if len(rows) > PREFILTER_MAX:
+            return None
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    @staticmethod
+    def _search_among(index: Any, xq: np.ndarray, k: int, allowed: np.ndarray) -> list[tuple[int, float]]:
+        """Exact search restricted to ``allowed`` ids (an ID selector; every IVF list visited)."""
+        if allowed.size == 0:
+            return []
+        ivf = index.ivf
+        D, I = index.search(xq, min(k, allowed.size), allowed=allowed,
+                            nprobe=None if ivf is None else ivf.nlist)  # fmt: skip
+        return [(int(i), float(d)) for i, d in zip(I[0], D[0]) if i >= 0]
 
     def _filter_ids(self, ids: list[int], where: tuple[str, list[Any]]) -> set[int]:
         """The ids that exist in SQLite and pass ``where`` (from :func:`where_sql`)."""

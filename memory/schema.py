@@ -1,4 +1,9 @@
-"""The store's SQLite schema (version 1), connection setup, and Episode ↔ row codecs."""
+"""The store's SQLite schema (version 2) with its migrations, connection setup, and row codecs.
+
+A new store runs ``DDL_V1`` and then every migration, so a migrated store and a new one have the
+same schema. Migrations run in one transaction when a writer opens an older store; a reader of an
+older store is told to open it once with a writer.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +23,11 @@ from memory.types import Episode, ObjectRecord, SoundRecord
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "eidetic.db"
 BUSY_TIMEOUT_MS = 10_000
 
-DDL = f"""
+DDL_V1 = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS episodes (
     id INTEGER PRIMARY KEY,
@@ -65,6 +70,47 @@ CREATE VIRTUAL TABLE IF NOT EXISTS episodes_fts USING fts5 (
     summary, labels, source, tokenize = '{FTS_TOKENIZER}'
 );
 """
+# version -> statements that bring a store from that version to the next
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        # episode media and the bytes of its files (retention by size without walking the disk)
+        "ALTER TABLE episodes ADD COLUMN clip TEXT",
+        "ALTER TABLE episodes ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
+        # vectors deleted from SQLite but maybe still in a FAISS file (index types that cannot
+        # remove, or a file saved before the delete); cleared when an index is rebuilt
+        """CREATE TABLE IF NOT EXISTS tombstones (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            episode_id INTEGER NOT NULL,
+            modality TEXT NOT NULL
+        )""",
+        # persistent object identities (re-identified by descriptor) and where they were seen
+        """CREATE TABLE IF NOT EXISTS objects (
+            id INTEGER PRIMARY KEY,
+            name TEXT,
+            label TEXT NOT NULL DEFAULT '',
+            dim INTEGER NOT NULL,
+            descriptor BLOB NOT NULL,
+            n_descriptors INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS objects_name ON objects (name) WHERE name IS NOT NULL",
+        """CREATE TABLE IF NOT EXISTS sightings (
+            object_id INTEGER NOT NULL REFERENCES objects (id) ON DELETE CASCADE,
+            episode_id INTEGER NOT NULL REFERENCES episodes (id) ON DELETE CASCADE,
+            track_id INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            t_first REAL NOT NULL,
+            t_last REAL NOT NULL,
+            wall_first REAL,
+            similarity REAL NOT NULL,
+            PRIMARY KEY (episode_id, track_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS sightings_object ON sightings (object_id, episode_id)",
+        # forgotten episodes whose files are not deleted yet (done after the commit, and again
+        # by the next writer if it was killed in between)
+        "CREATE TABLE IF NOT EXISTS trash (episode_id INTEGER PRIMARY KEY)",
+    ),
+}
 FTS_WEIGHTS = (1.0, 4.0, 0.5)  # bm25 column weights: summary, labels, source
 
 
@@ -98,7 +144,10 @@ def connect(db_path: Path, *, readonly: bool, synchronous: str) -> sqlite3.Conne
 
 
 def init_schema(conn: sqlite3.Connection, *, readonly: bool) -> int:
-    """Create the tables (writer) or check them (reader); returns the schema version."""
+    """Create the tables (new store), migrate an older store (writer), or check them (reader).
+
+    Returns the schema version, which is :data:`SCHEMA_VERSION` on success.
+    """
     has_meta = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
     ).fetchone()
@@ -106,26 +155,60 @@ def init_schema(conn: sqlite3.Connection, *, readonly: bool) -> int:
         raise SchemaError("the store has no schema yet; open it once without readonly=True")
     if not has_meta:
         with transaction(conn):
-            for stmt in DDL.split(";"):
+            for stmt in DDL_V1.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)",
-                (repr(time.time()),),
-            )
-        logger.info("created store schema v%d", SCHEMA_VERSION)
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    version = int(row[0]) if row else 0
-    if version != SCHEMA_VERSION:
+            set_meta(conn, "schema_version", 1)
+            set_meta(conn, "created_at", repr(time.time()))
+        logger.info("created store schema v1")
+    version = int(get_meta(conn, "schema_version", "0") or 0)
+    if version > SCHEMA_VERSION or version < 1:
         raise SchemaError(
-            f"store schema version {version} is not supported by this eidetic (knows "
-            f"{SCHEMA_VERSION}); use a matching eidetic version or export/re-ingest the store"
+            f"store schema version {version} is not supported by this eidetic (knows 1 to "
+            f"{SCHEMA_VERSION}); use a newer eidetic, or export/re-ingest the store"
         )
+    if version < SCHEMA_VERSION:
+        if readonly:
+            raise SchemaError(
+                f"store schema version {version} is older than {SCHEMA_VERSION}; open it once "
+                "with a writer to migrate it (e.g. `eidetic store check --store DIR --migrate`)"
+            )
+        version = migrate(conn, version)
     return version
+
+
+def migrate(conn: sqlite3.Connection, version: int) -> int:
+    """Apply every migration from ``version`` on, in one transaction; returns the new version."""
+    start = version
+    with transaction(conn):
+        while version < SCHEMA_VERSION:
+            for stmt in MIGRATIONS[version]:
+                conn.execute(stmt)
+            if version == 1:
+                _backfill_bytes(conn)
+            version += 1
+            set_meta(conn, "schema_version", version)
+    if start != 1 or has_episodes(conn):
+        logger.warning("migrated store schema v%d -> v%d", start, version)
+    return version
+
+
+def has_episodes(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM episodes LIMIT 1").fetchone() is not None
+
+
+def _backfill_bytes(conn: sqlite3.Connection) -> None:
+    """v1 -> v2: ``episodes.bytes`` from the keyframe files on disk."""
+    root = Path(conn.execute("PRAGMA database_list").fetchone()[2]).parent
+    rows = conn.execute("SELECT id, keyframes FROM episodes").fetchall()
+    for episode_id, keyframes in rows:
+        size = 0
+        for rel in json.loads(keyframes):
+            try:
+                size += (root / rel).stat().st_size
+            except OSError:
+                pass
+        conn.execute("UPDATE episodes SET bytes = ? WHERE id = ?", (size, episode_id))
 
 
 class transaction:
@@ -211,8 +294,11 @@ def sound_json(s: SoundRecord) -> dict[str, Any]:
             "t_end": float(s.t_end)}  # fmt: skip
 
 
-def episode_row(ep: Episode, episode_id: int, keyframes: list[str]) -> dict[str, Any]:
-    """Column values of the ``episodes`` row for ``ep`` (keyframes: store-relative paths)."""
+def episode_row(
+    ep: Episode, episode_id: int, keyframes: list[str], *, nbytes: int = 0
+) -> dict[str, Any]:
+    """Column values of the ``episodes`` row for ``ep`` (keyframes, clip: store-relative paths;
+    nbytes: size of its files)."""
     return {
         "id": episode_id,
         "source": ep.source,
@@ -226,6 +312,8 @@ def episode_row(ep: Episode, episode_id: int, keyframes: list[str]) -> dict[str,
         "keyframes": json.dumps(keyframes),
         "keyframe_times": json.dumps([float(t) for t in ep.keyframe_times]),
         "created_at": time.time(),
+        "clip": ep.clip,
+        "bytes": int(nbytes),
     }
 
 
@@ -252,4 +340,5 @@ def row_episode(row: sqlite3.Row, vectors: dict[str, np.ndarray] | None = None) 
         visual=vectors.get("visual"),
         audio=vectors.get("audio"),
         episode_id=int(row["id"]),
+        clip=row["clip"],
     )

@@ -10,9 +10,9 @@ Durability. ``synchronous=FULL`` (the default) fsyncs the WAL at every commit, a
 are fsynced before the commit that references them: an ``add`` that returned survives ``kill -9``
 *and* power loss. With ``synchronous="NORMAL"`` an acknowledged write still survives ``kill -9``,
 but the last transactions before a power cut or OS crash may be rolled back (never corrupted).
-FAISS files are derived data: written after the commit, atomically (temp + rename), after every
-add batch (one full index write per batch: simple now, incremental later); a missing or stale file
-is rebuilt from SQLite when the store is opened.
+FAISS files are derived data (memory/indexes.py): updated in memory after each commit, written
+atomically (temp + rename) now and then and on close, caught up from SQLite when behind, rebuilt
+when missing or unreadable. ``add_many`` commits a batch in one transaction (the fast path).
 
 One writer per store (an ``fcntl`` lock on ``<store>/.writer.lock``); any number of readers
 (``readonly=True``) in other processes see every commit made after they opened.
@@ -21,6 +21,7 @@ One writer per store (an ``fcntl`` lock on ``<store>/.writer.lock``); any number
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -30,9 +31,10 @@ from typing import Any, Literal
 import numpy as np
 
 from memory import blobs, maintenance
+from memory import objects as objects_mod
 from memory.errors import IndexMismatch, ParameterError, ReadOnlyStore
-from memory.index import DEFAULT_FACTORY
-from memory.indexes import MODALITIES, IndexSet
+from memory.indexes import AUTO, MODALITIES, IndexSet
+from memory.objects import REID_THRESHOLD, ObjectMatcher, forget_orphan_objects
 from memory.reader import LoggedSound, StoreReader
 from memory.schema import (
     DB_NAME,
@@ -66,9 +68,13 @@ class EpisodeStore(StoreReader):
     synchronous : {"FULL", "NORMAL"}
         SQLite ``PRAGMA synchronous`` of the writer (see the module docstring).
     index_factory : str
-        FAISS factory string for new indexes.
+        ``"auto"``: exact Flat while small, IVF with a tuned nprobe as the store grows; or a
+        FAISS factory string used for every index (e.g. ``"IDMap2,HNSW32"``).
     jpeg_quality : int
         Quality of keyframe JPEGs (10–100).
+    reid_threshold : float
+        Cosine similarity at which an episode's object is the same identity as a known one
+        (memory/objects.py).
     """
 
     def __init__(
@@ -77,8 +83,9 @@ class EpisodeStore(StoreReader):
         *,
         readonly: bool = False,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
-        index_factory: str = DEFAULT_FACTORY,
+        index_factory: str = AUTO,
         jpeg_quality: int = 85,
+        reid_threshold: float = REID_THRESHOLD,
     ) -> None:
         if synchronous not in SYNCHRONOUS:
             raise ParameterError(f"synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
@@ -89,6 +96,7 @@ class EpisodeStore(StoreReader):
         self.jpeg_quality = int(jpeg_quality)
         self._fsync = synchronous == "FULL"
         self._lock = threading.RLock()
+        self._objects = ObjectMatcher(threshold=reid_threshold)
         self._conn = None  # type: ignore[assignment]
         self._writer_lock = None if readonly else maintenance.acquire_writer_lock(self.path)
         try:
@@ -109,9 +117,11 @@ class EpisodeStore(StoreReader):
     # --- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close SQLite and release the writer lock (idempotent)."""
+        """Save unsaved index changes, close SQLite and release the writer lock (idempotent)."""
         with self._lock:
             if self._conn is not None:
+                if not self.readonly and hasattr(self, "_ix"):
+                    self._ix.flush()
                 self._conn.close()
                 self._conn = None  # type: ignore[assignment]
             if self._writer_lock is not None:
@@ -169,7 +179,7 @@ class EpisodeStore(StoreReader):
         return self.add_many([(episode, keyframe_images)])[0]
 
     def add_many(self, items: Iterable[tuple[Episode, Sequence[np.ndarray]]]) -> list[Episode]:
-        """Store several episodes in one transaction and one index save; see :meth:`add`."""
+        """Store several episodes in one transaction (the fast path); see :meth:`add`."""
         with self._lock:
             self._require_writer()
             batch = [(ep, list(imgs)) for ep, imgs in items]
@@ -177,25 +187,36 @@ class EpisodeStore(StoreReader):
             for ep, imgs in batch:
                 self._validate(ep, imgs, dims)
             ids = list(range(self._next_id, self._next_id + len(batch)))
+            written: list[tuple[Episode, int]] = []
             try:
-                stored = [self._write_keyframes(i, ep, imgs) for i, (ep, imgs) in zip(ids, batch)]
-                gens = self._insert(stored)
+                for i, (ep, imgs) in zip(ids, batch):
+                    written.append(self._write_files(i, ep, imgs))
+                gens = self._insert(written)
             except BaseException:
+                self._objects.invalidate()
+                for (ep, _), (stored, _) in zip(batch, written):
+                    blobs.give_back_clip(self.path, stored.clip, ep.clip)
                 for episode_id in ids:
-                    blobs.remove_keyframes(self.path, episode_id)
+                    blobs.remove_episode_files(self.path, episode_id)
                 raise
             self._next_id += len(batch)
+            stored = [ep for ep, _ in written]
             self._index_added(stored, gens)
             return stored
 
-    def _write_keyframes(self, episode_id: int, ep: Episode, imgs: list[np.ndarray]) -> Episode:
+    def _write_files(self, episode_id: int, ep: Episode, imgs: list[np.ndarray]) -> tuple[Episode, int]:
+        """Keyframes written and the clip moved in (fsynced); returns the episode and its bytes."""
         rel = blobs.write_keyframes(
             self.path, episode_id, imgs, quality=self.jpeg_quality, fsync=self._fsync
         )
-        return dataclasses.replace(
-            ep, episode_id=episode_id, keyframes=tuple(rel),
+        clip = None
+        if ep.clip is not None:
+            clip = blobs.adopt_clip(self.path, episode_id, Path(ep.clip), fsync=self._fsync)
+        stored = dataclasses.replace(
+            ep, episode_id=episode_id, keyframes=tuple(rel), clip=clip,
             t_start=float(ep.t_start), t_end=float(ep.t_end),
         )  # fmt: skip
+        return stored, blobs.files_bytes(self.path, [*rel, *([clip] if clip else [])])
 
     @staticmethod
     def _validate(ep: Episode, imgs: list[np.ndarray], dims: dict[str, int | None]) -> None:
@@ -208,6 +229,8 @@ class EpisodeStore(StoreReader):
             raise ParameterError(f"{len(ep.keyframe_times)} keyframe_times for {len(imgs)} images")
         if not ep.t_end >= ep.t_start:
             raise ParameterError(f"episode ends before it starts: [{ep.t_start}, {ep.t_end}]")
+        if ep.clip is not None and not Path(ep.clip).is_file():
+            raise ParameterError(f"clip {ep.clip!r} is not a file; give the path of a media file")
         for modality in MODALITIES:
             if (x := getattr(ep, modality)) is None:
                 continue
@@ -221,42 +244,41 @@ class EpisodeStore(StoreReader):
                 raise ParameterError(f"{modality} vector has NaN/inf values")
             dims[modality] = x.shape[0]
 
-    def _insert(self, stored: list[Episode]) -> dict[str, int]:
+    def _insert(self, written: list[tuple[Episode, int]]) -> dict[str, int]:
         """One transaction: rows, FTS, vectors, generations; returns the new generations."""
         changed: set[str] = set()
+        vec_rows = []
         with transaction(self._conn) as c:
-            for ep in stored:
-                row = episode_row(ep, ep.episode_id, list(ep.keyframes))  # type: ignore[arg-type]
+            for ep, nbytes in written:
+                row = episode_row(ep, ep.episode_id, list(ep.keyframes), nbytes=nbytes)  # type: ignore[arg-type]
                 marks = ", ".join("?" * len(row))
                 sql = f"INSERT INTO episodes ({', '.join(row)}) VALUES ({marks})"
                 c.execute(sql, tuple(row.values()))
-                c.execute(
-                    "INSERT INTO episodes_fts (rowid, summary, labels, source) VALUES (?, ?, ?, ?)",
-                    fts_row(ep, ep.episode_id),  # type: ignore[arg-type]
-                )
                 for modality in MODALITIES:
                     if (x := getattr(ep, modality)) is not None:
-                        c.execute(
-                            "INSERT INTO vectors VALUES (?, ?, ?, ?)",
-                            (ep.episode_id, modality, int(np.size(x)), vector_blob(x)),
-                        )
+                        vec_rows.append((ep.episode_id, modality, int(np.size(x)), vector_blob(x)))
                         changed.add(modality)
+            c.executemany(
+                "INSERT INTO episodes_fts (rowid, summary, labels, source) VALUES (?, ?, ?, ?)",
+                [fts_row(ep, ep.episode_id) for ep, _ in written],  # type: ignore[arg-type]
+            )
+            c.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?)", vec_rows)
+            self._objects.assign(c, [ep for ep, _ in written])
             gens = {m: self._ix.sqlite_gen(m) + 1 for m in changed}
             for modality, gen in gens.items():
                 set_meta(c, f"gen:{modality}", gen)
-            if stored:
-                set_meta(c, "next_episode_id", stored[-1].episode_id + 1)  # type: ignore[operator]
+            if written:
+                set_meta(c, "next_episode_id", written[-1][0].episode_id + 1)  # type: ignore[operator]
         return gens
 
     def _index_added(self, stored: list[Episode], gens: dict[str, int]) -> None:
-        """Add the committed vectors to FAISS and save; on failure rebuild from SQLite."""
+        """Add the committed vectors to FAISS; on failure rebuild from SQLite."""
         try:
             for modality, gen in gens.items():
                 eps = [ep for ep in stored if getattr(ep, modality) is not None]
                 ids = np.array([ep.episode_id for ep in eps], dtype=np.int64)
                 x = np.stack([np.asarray(getattr(ep, modality), np.float32) for ep in eps])
                 self._ix.add(modality, ids, x, gen)
-                self._ix.save(modality)
         except Exception:  # the commit stands; the index is derived data
             logger.exception("updating FAISS after a commit failed; rebuilding from SQLite")
             self._ix.rebuild()
@@ -290,24 +312,54 @@ class EpisodeStore(StoreReader):
         with self._lock:
             self._require_writer()
             self.get(episode_id, vectors=False)  # raises EpisodeNotFound
-            sql = "SELECT modality FROM vectors WHERE episode_id = ?"
-            modalities = [r[0] for r in self._conn.execute(sql, (episode_id,))]
+            self.forget_many([episode_id])
+
+    def forget_many(self, ids: Sequence[int]) -> list[int]:
+        """Delete the episodes among ``ids`` (unknown ids are skipped) in one transaction; then
+        their index entries and files. Returns the ids deleted."""
+        with self._lock:
+            self._require_writer()
+            doomed = json.dumps(sorted({int(i) for i in ids}))
+            in_ids = "IN (SELECT value FROM json_each(?))"
             with transaction(self._conn) as c:
+                found = [int(r[0]) for r in c.execute(f"SELECT id FROM episodes WHERE id {in_ids}",
+                                                      (doomed,))]  # fmt: skip
+                vecs = c.execute(f"SELECT episode_id, modality FROM vectors WHERE episode_id {in_ids}",
+                                 (doomed,)).fetchall()  # fmt: skip
                 for sql in (
-                    "DELETE FROM vectors WHERE episode_id = ?",
-                    "DELETE FROM episodes_fts WHERE rowid = ?",
-                    "DELETE FROM sounds WHERE episode_id = ?",
-                    "DELETE FROM episodes WHERE id = ?",
+                    f"DELETE FROM vectors WHERE episode_id {in_ids}",
+                    f"DELETE FROM episodes_fts WHERE rowid {in_ids}",
+                    f"DELETE FROM sounds WHERE episode_id {in_ids}",
+                    f"DELETE FROM sightings WHERE episode_id {in_ids}",
+                    f"DELETE FROM episodes WHERE id {in_ids}",
                 ):
-                    c.execute(sql, (episode_id,))
+                    c.execute(sql, (doomed,))
+                forget_orphan_objects(c)
+                self._objects.invalidate()
+                c.executemany("INSERT INTO tombstones (episode_id, modality) VALUES (?, ?)",
+                              [(int(r[0]), r[1]) for r in vecs])  # fmt: skip
+                c.executemany("INSERT OR IGNORE INTO trash VALUES (?)", [(i,) for i in found])
+                modalities = {r[1] for r in vecs}
                 gens = {m: self._ix.sqlite_gen(m) + 1 for m in modalities}
                 for modality, gen in gens.items():
                     set_meta(c, f"gen:{modality}", gen)
             for modality, gen in gens.items():
-                self._ix.remove(modality, np.array([episode_id], dtype=np.int64), gen)
-                self._ix.save(modality)
-            blobs.remove_keyframes(self.path, episode_id)
-            logger.info("forgot episode %d", episode_id)
+                gone = np.array([r[0] for r in vecs if r[1] == modality], dtype=np.int64)
+                self._ix.remove(modality, gone, gen)
+            maintenance.empty_trash(self)
+            if found:
+                logger.info("forgot %d episode(s): %s", len(found), found[:10])
+            return found
+
+    def name_object(self, object_id: int, name: str | None) -> None:
+        """Name the object identity ``object_id`` (unique; None clears it). Its episodes become
+        findable by the name in full-text search. Raises ``ParameterError`` for an unknown id or
+        a name another object has."""
+        with self._lock:
+            self._require_writer()
+            with transaction(self._conn) as c:
+                objects_mod.name_object(c, object_id, name)
+            self._objects.invalidate()
 
     # --- upkeep (memory/maintenance.py) ------------------------------------------------------
 
@@ -329,6 +381,12 @@ class EpisodeStore(StoreReader):
             if not self.readonly:
                 maintenance.remove_orphans(self, all_ids=True)
             return counts
+
+    def save_indexes(self) -> None:
+        """Write every index with unsaved changes now (also done now and then, and on close)."""
+        with self._lock:
+            self._require_writer()
+            self._ix.flush()
 
     def export(self, dst_dir: str | Path) -> Path:
         """Copy a consistent snapshot to the new or empty ``dst_dir``; returns its path.

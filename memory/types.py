@@ -37,6 +37,8 @@ class Episode:
     episode_id is None until the store assigns it. t_start/t_end: media seconds; wall_start: UTC
     epoch seconds of t_start for live sources (None for files). keyframes: paths relative to the
     store directory (filled by the store). visual/audio: L2-normalised ``float32[d]`` or None.
+    clip: the episode's media (video + audio remuxed, no re-encode), relative to the store
+    directory once stored; give the store an absolute path to a file it will move in.
     """
 
     source: str
@@ -52,6 +54,7 @@ class Episode:
     visual: np.ndarray | None = field(default=None, compare=False)
     audio: np.ndarray | None = field(default=None, compare=False)
     episode_id: int | None = None
+    clip: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +90,38 @@ class Answer:
     answered: bool
     answer: str
     evidence: tuple[EpisodeHit, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One episode in which a persistent object identity was seen (one track of that episode).
+
+    t_first/t_last: media seconds of the track; wall_first: UTC epoch seconds (live sources);
+    similarity: cosine of the track's descriptor to the identity when it was matched (1.0 for
+    the sighting that created the identity).
+    """
+
+    object_id: int
+    episode_id: int
+    track_id: int
+    source: str
+    t_first: float
+    t_last: float
+    wall_first: float | None
+    similarity: float
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectIdentity:
+    """An object re-identified across episodes and sources; name: given by the user (or None).
+
+    first_seen/last_seen: its first and latest sightings (by episode id, i.e. ingest order).
+    """
+
+    object_id: int
+    name: str | None
+    label: str
+    n_sightings: int
+    sources: tuple[str, ...]
+    first_seen: Sighting | None
+    last_seen: Sighting | None

@@ -415,6 +415,92 @@ def store_export(ctx, dest, store_dir, as_json) -> None:
 
 
 @cli.group()
+def objects() -> None:
+    """Persistent object identities: list them, name them."""
+
+
+def _sighting_json(x) -> dict[str, Any] | None:
+    if x is None:
+        return None
+    return {"episode_id": x.episode_id, "source": x.source, "t_first": x.t_first, "t_last": x.t_last,
+            "wall_first": x.wall_first, "similarity": round(x.similarity, 4)}  # fmt: skip
+
+
+def _object_json(o) -> dict[str, Any]:
+    return {"object_id": o.object_id, "name": o.name, "label": o.label, "sightings": o.n_sightings,
+            "sources": list(o.sources), "first_seen": _sighting_json(o.first_seen),
+            "last_seen": _sighting_json(o.last_seen)}  # fmt: skip
+
+
+def _print_objects(doc: dict[str, Any]) -> None:
+    if not doc["objects"]:
+        click.echo("no objects yet")
+    for o in doc["objects"]:
+        last = o["last_seen"]
+        where = f"last seen in episode {last['episode_id']} on {last['source']} at {last['t_first']:.1f} s" if last else "not seen (its episodes were forgotten)"
+        click.echo(f"{o['object_id']:>6}  {o['name'] or '-':<20} {o['label']:<10} {o['sightings']:>4} sightings, {where}")
+
+
+@objects.command("list")
+@click.option("--named", is_flag=True, help="Only objects with a name.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@store_opt
+@json_opt
+@click.pass_context
+def objects_list(ctx, named, limit, store_dir, as_json) -> None:
+    """Known objects, most recently seen first, with where they were first and last seen."""
+
+    def work(st) -> dict[str, Any]:
+        return {"objects": [_object_json(o) for o in st.objects(named=True if named else None, limit=limit)]}
+
+    _emit(_with_store(ctx, store_dir, work, readonly=True), as_json, _print_objects)
+
+
+@objects.command("show")
+@click.argument("object_id", type=int)
+@store_opt
+@json_opt
+@click.pass_context
+def objects_show(ctx, object_id, store_dir, as_json) -> None:
+    """The timeline of one object: every episode it was seen in."""
+
+    def work(st) -> dict[str, Any]:
+        import memory.errors
+
+        try:
+            timeline = st.object_timeline(object_id)
+        except memory.errors.ParameterError as e:
+            raise ConfigError(str(e)) from e
+        return {"object_id": object_id, "sightings": [_sighting_json(x) for x in timeline]}
+
+    _emit(_with_store(ctx, store_dir, work, readonly=True), as_json, _print_doc)
+
+
+@objects.command("name")
+@click.argument("object_id", type=int)
+@click.argument("name", required=False)
+@click.option("--clear", is_flag=True, help="Remove the object's name.")
+@store_opt
+@json_opt
+@click.pass_context
+def objects_name(ctx, object_id, name, clear, store_dir, as_json) -> None:
+    """Give object OBJECT_ID a NAME (unique), e.g. `eidetic objects name 12 "my keys"`."""
+    if not clear and not name:
+        raise click.UsageError("give a NAME, or --clear")
+
+    def work(st) -> dict[str, Any]:
+        import memory.errors
+
+        try:
+            st.name_object(object_id, None if clear else name)
+        except memory.errors.ParameterError as e:
+            raise ConfigError(str(e)) from e
+        return {"object_id": object_id, "name": None if clear else " ".join(name.split())}
+
+    _emit(_with_store(ctx, store_dir, work, readonly=False), as_json, _print_doc)
+
+
+@cli.group()
 def config() -> None:
     """Validate configuration, or print an example."""
 

@@ -187,20 +187,23 @@ def test_bad_index_file_is_rebuilt_on_open(
     path = tmp_path / "s"
     with EpisodeStore(path) as s:
         eps = fill(s, rng)[:3]
+        s.save_indexes()
         old = (path / "index" / "visual.faiss").read_bytes()
-        s.add(episode(rng, "sound", 50.0))
+        late = s.add(episode(rng, "sound", 50.0))
     index_file = path / "index" / "visual.faiss"
     if damage == "delete":
         index_file.unlink()
     elif damage == "garbage":
         index_file.write_bytes(b"\x00" * 100)
-    else:  # as if killed between the SQLite commit and the index save
+    else:  # as if killed between the SQLite commit and the index save: behind, not wrong
         index_file.write_bytes(old)
     with EpisodeStore(path, readonly=True) as r:
-        assert not r.check()["ok"]
+        assert r.check()["ok"] is (damage == "stale")
+        assert r.search_vectors("visual", late.visual, k=1)[0][0] == late.episode_id
     with EpisodeStore(path) as s:
         assert s.check() == {"ok": True, "episodes": 6, "vectors": 8, "problems": []}
         assert s.search_vectors("visual", eps[2].visual, k=1)[0][0] == eps[2].episode_id
+        assert s.search_vectors("visual", late.visual, k=1)[0][0] == late.episode_id
 
 
 def test_check_reports_keyframe_problems(store: EpisodeStore, rng: np.random.Generator) -> None:
@@ -219,17 +222,27 @@ def test_rebuild_and_orphans(tmp_path: Path, rng: np.random.Generator) -> None:
     path = tmp_path / "s"
     with EpisodeStore(path) as s:
         fill(s, rng)
+        s.forget(2)
+        s.save_indexes()
         (path / "index" / "audio.faiss").unlink()
-        (path / "keyframes" / "3000").mkdir()  # left by an interrupted forget
+        (path / "keyframes" / "2").mkdir()  # a forgotten episode's files reappeared
         report = s.check()
         assert not report["ok"] and len(report["problems"]) == 2, report
-        assert s.rebuild() == {"visual": 5, "audio": 2}
-        assert s.check()["ok"]
+        assert s.rebuild() == {"visual": 4, "audio": 1}
+        assert s.check()["ok"] and not (path / "keyframes" / "2").exists()
         (path / "keyframes" / "6").mkdir()  # JPEGs written, then killed before the commit
         (path / "keyframes" / "6" / "0.jpg").write_bytes(b"x")
-    with EpisodeStore(path) as s:
-        assert not (path / "keyframes" / "6").exists()
-        assert s.check()["ok"]
+        (path / "keyframes" / "4").rename(path / "keyframes" / "4.bak")
+        s._conn.execute("INSERT INTO trash VALUES (4)")  # killed inside forget(4) ...
+        s._conn.execute("DELETE FROM episodes WHERE id = 4")  # ... after its commit
+        s._conn.execute("DELETE FROM episodes_fts WHERE rowid = 4")
+        s._conn.execute("DELETE FROM vectors WHERE episode_id = 4")
+        s._conn.execute("INSERT INTO tombstones (episode_id, modality) VALUES (4, 'visual')")
+        (path / "keyframes" / "4.bak").rename(path / "keyframes" / "4")
+        assert s.check()["ok"], s.check()  # leftovers of a killed writer are not damage
+    with EpisodeStore(path) as s:  # ... and the next writer removes them
+        assert not (path / "keyframes" / "6").exists() and not (path / "keyframes" / "4").exists()
+        assert s.check() == {"ok": True, "episodes": 3, "vectors": 4, "problems": []}
 
 
 def test_rejected_episode_writes_nothing(store: EpisodeStore, rng: np.random.Generator) -> None:
@@ -279,9 +292,10 @@ def test_single_writer_and_missing_store(tmp_path: Path) -> None:
 def test_schema_and_pragmas(store: EpisodeStore) -> None:
     conn = sqlite3.connect(store.path / "eidetic.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"meta", "episodes", "vectors", "sounds", "episodes_fts"} <= tables
+    assert {"meta", "episodes", "vectors", "sounds", "episodes_fts", "tombstones", "objects",
+            "sightings", "trash"} <= tables
     conn.close()
 
 
