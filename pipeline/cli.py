@@ -123,16 +123,18 @@ def ingest(ctx, sources, store_dir, config_path, every_frame, as_json) -> None:
     finally:
         close()
     _emit(doc, as_json, _print_ingest)
+    for s in doc["sources"]:  # one line per problem on stderr, with or without --json
+        for w in s.get("warnings") or ():
+            click.echo(f"eidetic: warning: {s['source']}: {w}", err=True)
+        if s["error"]:
+            click.echo(f"eidetic: error: {s['source']}: {s['error']}", err=True)
     if any(s["error"] for s in doc["sources"]):
         sys.exit(EXIT_BAD_MEDIA)  # after the good inputs were ingested (DESIGN.md §3)
 
 
 def _print_ingest(doc: dict[str, Any]) -> None:
     good = [s for s in doc["sources"] if not s["error"]]
-    for s in doc["sources"]:
-        if s["error"]:
-            click.echo(f"eidetic: error: {s['source']}: {s['error']}", err=True)
-            continue
+    for s in good:
         click.echo(
             f"{s['source']}: {s['duration_s'] or 0:.1f} s, {s['triggers']} triggers, {s['episodes']} episodes, "
             f"{s['frames_processed']}/{s['frames_decoded']} frames processed/decoded, {s['wall_s']:.1f} s wall"

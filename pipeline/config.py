@@ -50,6 +50,74 @@ class IngestConfig(_Section):
     )
 
 
+class SourceOptions(_Section):
+    """How one source is opened and kept alive (the ``sources`` section holds the defaults;
+    ``sources.streams.<name>`` overrides them for one source)."""
+
+    url: str | None = Field(
+        None, description="Streams entry only: the source this name stands for (file, URL, device)."
+    )
+    audio: str | None = Field(
+        None, description="A separate audio source paired with this video source (e.g. alsa:hw:1)."
+    )
+    live: bool | None = Field(
+        None, description="Treat as a live stream (empty: URLs and devices are live, files are "
+        "not; an http(s) URL with a known duration is a file).",
+    )
+    format: str | None = Field(
+        None, description="Force FFmpeg's input format (e.g. mpegts, v4l2); empty: guess."
+    )
+    rtsp_transport: Literal["tcp", "udp", "http", "auto"] = Field(
+        "tcp", description="RTSP lower transport ('auto' lets FFmpeg try UDP, then TCP)."
+    )
+    open_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Give up opening a source after this long (s)."
+    )
+    read_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A stream that sends nothing this long has stalled (s)."
+    )
+    reconnect: bool = Field(True, description="Live sources: reopen after a drop or a stall.")
+    backoff_initial_s: float = Field(
+        0.5, gt=0, le=600, description="First wait before reconnecting; doubles per failure (s)."
+    )
+    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect wait (s).")
+    max_reconnects: int | None = Field(
+        None, ge=0, description="Give a live source up after this many failed reconnects in a row "
+        "(empty: never).",
+    )
+    max_dimension: int | None = Field(
+        None, ge=16, description="Frame size cap in px for this source (empty: "
+        "ingest.max_dimension).",
+    )
+    video_size: str | None = Field(
+        None, pattern=r"^\d+x\d+$", description="Devices: capture size, e.g. 1280x720."
+    )
+    framerate: float | None = Field(None, gt=0, le=240, description="Devices: frames per second.")
+    sample_rate: int | None = Field(
+        None, ge=8000, le=192000, description="Audio devices: capture sample rate (Hz)."
+    )
+    channels: int | None = Field(None, ge=1, le=32, description="Audio devices: channels.")
+    ffmpeg_options: dict[str, str] = Field(
+        {}, description="Extra FFmpeg input options passed as-is, e.g. {probesize: '500000'}."
+    )
+
+
+class SourcesConfig(SourceOptions):
+    """Defaults for every source, per-source overrides, and the live capture limits."""
+
+    streams: dict[str, SourceOptions] = Field(
+        {}, description="Per-source overrides keyed by a name or the source itself, e.g. "
+        "{kitchen: {url: 'v4l2:/dev/video0', audio: 'alsa:hw:1'}}; 'eidetic ingest kitchen'.",
+    )
+    ring_max_mb: float = Field(
+        64.0, gt=0, le=4096, description="Live: cap of the compressed-packet ring buffer (MB)."
+    )
+    max_pending_frames: int = Field(
+        240, ge=1, le=100000, description="Live: decoded frames held for an open trigger; more "
+        "are dropped (counted in stats), never queued without bound.",
+    )
+
+
 class TriggerConfig(_Section):
     detector: Literal["cnn", "energy"] = Field(
         "cnn",
@@ -146,6 +214,7 @@ class ServiceConfig(_Section):
     store: StoreConfig = StoreConfig()
     ray: RayConfig = RayConfig()
     ingest: IngestConfig = IngestConfig()
+    sources: SourcesConfig = SourcesConfig()
     trigger: TriggerConfig = TriggerConfig()
     perception: PerceptionConfig = PerceptionConfig()
     memory: MemoryConfig = MemoryConfig()

@@ -47,7 +47,7 @@ def source_name(source: str) -> str:
 def _error_report(source: str, error: str) -> dict[str, Any]:
     return {
         "source": source, "duration_s": None, "frames_decoded": 0, "frames_processed": 0,
-        "triggers": 0, "episodes": 0, "wall_s": 0.0, "error": error,
+        "triggers": 0, "episodes": 0, "wall_s": 0.0, "error": error, "warnings": [], "gaps": [],
     }
 
 

@@ -73,13 +73,18 @@ def write_video(
     video: bool = True,
     audio_delay_s: float = 0.0,
     gop: int = 12,
+    faststart: bool = False,
+    video_delay_s: float = 0.0,
 ) -> Path:
     """Encode an H.264/AAC MP4 (or M4A when ``video`` is False) with bursts at ``clicks_at``.
 
-    ``audio_delay_s`` makes the audio stream start later than the video (A/V offset).
+    ``audio_delay_s`` makes the audio stream start later than the video (A/V offset),
+    ``video_delay_s`` the video later than the audio; ``faststart`` puts the MP4 index first.
+    The container follows the suffix (``.mp4``, ``.mkv``, ``.ts``, ``.m4a``).
     """
     clicks_at = [] if clicks_at is None else clicks_at
-    with av.open(str(path), "w") as out:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as out:
         vs = as_ = None
         if video:
             vs = out.add_stream("libx264", rate=fps)
@@ -89,9 +94,11 @@ def write_video(
             as_ = out.add_stream("aac", rate=SR)
             as_.layout = "mono"
         if vs is not None:
-            for i, img in enumerate(moving_squares(int(duration_s * fps), width=width, height=height)):
+            v0 = int(round(video_delay_s * fps))
+            n_video = int(round((duration_s - video_delay_s) * fps))
+            for i, img in enumerate(moving_squares(n_video, width=width, height=height)):
                 frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-                frame.pts = i
+                frame.pts = v0 + i
                 frame.time_base = Fraction(1, fps)
                 for pkt in vs.encode(frame):
                     out.mux(pkt)
@@ -111,4 +118,92 @@ def write_video(
                     out.mux(pkt)
             for pkt in as_.encode():
                 out.mux(pkt)
+    return path
+
+
+# ---------------------------------------------------------------- damaged and odd media
+
+
+def mp4_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
+    """Top-level MP4 boxes of ``data``: ``(type, offset, size)``."""
+    boxes, pos = [], 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        if size == 1:
+            size = int.from_bytes(data[pos + 8 : pos + 16], "big")
+        boxes.append((data[pos + 4 : pos + 8], pos, size))
+        if size < 8:
+            break
+        pos += size
+    return boxes
+
+
+def cut_moov(src: Path, dst: Path) -> Path:
+    """``src`` without its ``moov`` box: media data with no index (an unfinished recording)."""
+    data = src.read_bytes()
+    keep = [data[o : o + n] for t, o, n in mp4_boxes(data) if t != b"moov"]
+    dst.write_bytes(b"".join(keep))
+    return dst
+
+
+def truncate(src: Path, dst: Path, fraction: float) -> Path:
+    """The first ``fraction`` of ``src``'s bytes (a copy cut short)."""
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def flip_bytes(src: Path, dst: Path, *, n: int = 40, start: float = 0.1, seed: int = 0) -> Path:
+    """``src`` with ``n`` random bytes inverted past ``start`` (fraction) of its media data."""
+    data = bytearray(src.read_bytes())
+    boxes = {t: (o, size) for t, o, size in mp4_boxes(bytes(data))}
+    lo, hi = boxes.get(b"mdat", (0, len(data)))
+    lo, hi = lo + 16 + int(start * (hi - 16)), lo + hi - 16
+    for k in np.random.default_rng(seed).integers(lo, hi, n):
+        data[k] ^= 0xFF
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def patch_codecs(src: Path, dst: Path, tags: dict[bytes, bytes]) -> Path:
+    """``src`` with sample-entry fourccs replaced (e.g. ``avc1`` → ``zzzz``: no decoder)."""
+    data = src.read_bytes()
+    for old, new in tags.items():
+        data = data.replace(old, new)
+    dst.write_bytes(data)
+    return dst
+
+
+def write_wide_video(path: Path, *, width: int = 20000, height: int = 16, n: int = 3) -> Path:
+    """A real FFV1 video of absurd dimensions (``width`` x ``height``) in Matroska."""
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("ffv1", rate=5)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            for pkt in vs.encode(frame.reformat(format="yuv420p")):
+                out.mux(pkt)
+        for pkt in vs.encode():
+            out.mux(pkt)
+    return path
+
+
+def write_frames(path: Path, times: list[float], *, fmt: str | None = None, width: int = 160, height: int = 120) -> Path:
+    """H.264 video whose frame ``i`` shows square position ``i`` at media time ``times[i]``
+    (millisecond time base: variable frame rate). ``fmt="h264"`` writes a raw Annex B stream,
+    which carries no timestamps at all."""
+    with av.open(str(path), "w", format=fmt) as out:
+        vs = out.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.options = {"preset": "ultrafast", "g": "30"}
+        vs.codec_context.time_base = Fraction(1, 1000)
+        for i, (img, t) in enumerate(zip(moving_squares(len(times), width=width, height=height), times)):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = int(round(t * 1000))
+            frame.time_base = Fraction(1, 1000)
+            for pkt in vs.encode(frame):
+                out.mux(pkt)
+        for pkt in vs.encode():
+            out.mux(pkt)
     return path

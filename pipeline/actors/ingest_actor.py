@@ -36,6 +36,7 @@ class IngestActor:
         self.info, self.stream_id, self.cfg = info, stream_id, cfg
         self.stage, self.done, self.total = "starting", 0.0, info.duration_s or 0.0
         self.report = {"frames_decoded": 0, "frames_processed": 0, "triggers": 0, "episodes": 0}
+        self.log = DecodeCounter(warnings=list(info.warnings))  # damage seen while reading
         self.peak = 0.0  # loudest audio sample seen (a silent track falls back to video)
 
     def progress(self) -> tuple[str, float, float]:
@@ -55,13 +56,15 @@ class IngestActor:
             windows = continuous_windows(self.stream_id, self.total, self.cfg.trigger.max_window_s)
         self._video_pass(windows, sounds, perception)
         self.stage = "done"
-        return {**self.report, "wall_s": round(time.perf_counter() - t0, 3)}
+        wall = round(time.perf_counter() - t0, 3)
+        return {**self.report, "wall_s": wall, "warnings": list(self.log.warnings), "gaps": []}
 
     def _audio_pass(self, trigger) -> tuple[list[CaptureWindow], list]:
         self.stage = "audio"
         in_flight = InFlight(self.cfg.ray.max_in_flight)
         end = 0.0
-        for chunk in iter_audio(self.info.source, stream_id=self.stream_id, chunk_s=self.cfg.ingest.chunk_s):
+        chunks = iter_audio(self.info.source, stream_id=self.stream_id, chunk_s=self.cfg.ingest.chunk_s, counter=self.log)
+        for chunk in chunks:
             if chunk.samples.size:
                 self.peak = max(self.peak, float(np.max(np.abs(chunk.samples))))
             in_flight.add(trigger.feed.remote(chunk))
@@ -96,7 +99,8 @@ class IngestActor:
         self.stage, self.done = "video", 0.0
         self.total = sum(w.t_end - w.t_start for w in windows) or 1.0
         in_flight = InFlight(self.cfg.ray.max_in_flight)
-        counter = DecodeCounter()
+        counter = self.log
+        decoded_before = counter.decoded
         packets = self._packets(windows, counter)
         packet = next(packets, None)
         done_before = 0.0
@@ -110,11 +114,11 @@ class IngestActor:
                     pending_triggers.pop(0)
                 in_flight.add(perception.step.remote(self.info.source, packet, force))
                 self.report["frames_processed"] += 1
-                self.report["frames_decoded"] = counter.decoded
+                self.report["frames_decoded"] = counter.decoded - decoded_before
                 self.done = done_before + max(0.0, packet.t - window.t_start)
                 packet = next(packets, None)
             in_flight.drain()
-            self.report["frames_decoded"] = counter.decoded
+            self.report["frames_decoded"] = counter.decoded - decoded_before
             done_before += window.t_end - window.t_start
             if ray.get(perception.end.remote(self.info.source, window)) is not None:
                 self.report["episodes"] += 1

@@ -35,7 +35,8 @@ def demo_store(tmp_path_factory) -> tuple[Path, dict]:
 def test_ingest_report_shape(demo_store):
     _, doc = demo_store
     (src,) = doc["sources"]
-    assert set(src) == {"source", "duration_s", "frames_decoded", "frames_processed", "triggers", "episodes", "wall_s", "error"}
+    assert set(src) == {"source", "duration_s", "frames_decoded", "frames_processed", "triggers", "episodes", "wall_s", "error", "warnings", "gaps"}
+    assert src["warnings"] == [] and src["gaps"] == []  # a sound file, not a live stream
     assert src["error"] is None and src["episodes"] >= 1 and doc["episodes_total"] == src["episodes"]
     assert 0 < src["frames_processed"] <= src["frames_decoded"] < 24 * 12  # not every frame decoded
 
