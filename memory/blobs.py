@@ -194,10 +194,12 @@ def episode_file_ids(root: Path) -> set[int]:
 
 
 def disk_bytes(root: Path) -> int:
-    """Total size of the files under ``root``."""
+    """Total size of the files under ``root`` (the disk-full reserve file excluded)."""
     total = 0
     for dirpath, _, files in os.walk(root):
         for name in files:
+            if name == ".reserve" and dirpath == str(root):
+                continue
             try:
                 total += os.stat(os.path.join(dirpath, name)).st_size
             except OSError:

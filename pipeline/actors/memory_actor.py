@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from pipeline.config import MemoryConfig
+from pipeline.config import MemoryConfig, RetentionConfig
 from pipeline.types import CaptureWindow
 
 logger = logging.getLogger(__name__)
@@ -25,11 +25,12 @@ def to_sound_records(events: list) -> list:
 class MemoryActor:
     """Owns :class:`memory.store.EpisodeStore`; one :class:`EpisodeBuilder` per open source."""
 
-    def __init__(self, store_path: str, cfg: MemoryConfig) -> None:
+    def __init__(self, store_path: str, cfg: MemoryConfig, retention: RetentionConfig | None = None) -> None:
         from memory.store import EpisodeStore
         from models import registry
 
-        self.store = EpisodeStore(Path(store_path))
+        policy = (retention or RetentionConfig()).policy()
+        self.store = EpisodeStore(Path(store_path), jpeg_quality=cfg.jpeg_quality, retention=policy)
         self.embedder = registry.create(registry.EMBEDDERS, "classical")
         self.cfg = cfg
         self.builders: dict = {}
