@@ -177,7 +177,7 @@ def orphan_dirs(root: Path, known_ids: set[int]) -> list[Path]:
         out += [p for p in dirs if int(p.name) not in known_ids]
     clips = root / CLIP_DIR
     if clips.is_dir():
-        files = (p for p in clips.iterdir() if p.is_file() and p.stem.isdigit())
+        files = (p for p in clips.iterdir() if p.is_file() and p.stem.isdigit())  # not temps
         out += [p for p in files if int(p.stem) not in known_ids]
     return out
 

@@ -129,8 +129,8 @@ def remove_orphans(store: EpisodeStore, *, all_ids: bool = False) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-    for tmp in (root / "index").glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    for tmp in [*(root / "index").glob(".*.tmp"), *(root / blobs.CLIP_DIR).glob(".incoming-*")]:
+        tmp.unlink(missing_ok=True)  # a killed writer's temp files (index saves, clips)
     return orphans
 
 

@@ -130,6 +130,10 @@ class MemoryConfig(_Section):
         4, ge=1, le=64, description="Representative keyframes stored per episode (JPEG)."
     )
     jpeg_quality: int = Field(85, ge=10, le=100, description="Quality of stored keyframe JPEGs.")
+    clips: bool = Field(
+        True, description="Keep each episode's media: its capture window's video and audio "
+        "packets remuxed into a small clip (no re-encode; file sources).",
+    )
 
 
 class RetentionConfig(_Section):
