@@ -38,6 +38,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -235,14 +236,30 @@ def _spread(values: list[float]) -> dict[str, float]:
 def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
     data = Data(args.dim)
     with tempfile.TemporaryDirectory(prefix="store_bench_", dir=args.tmp) as tmp:
-        store_dir = Path(tmp) / "store"
+        store_dir = Path(args.keep or tmp) / f"store_{n}_{args.dim}"
         load_before = uptime()
-        ins = insert(store_dir, data, n, args.batch)
+        if args.reuse and (store_dir / "eidetic.db").exists():
+            ins: dict[str, Any] = {"insert_per_s": None, "insert_wall_s": None,
+                                   "insert_single_per_s": None, "close_s": None,
+                                   "index": _index_kind(store_dir), "reused_store": True}  # fmt: skip
+        else:
+            shutil.rmtree(store_dir, ignore_errors=True)
+            ins = insert(store_dir, data, n, args.batch)
         size = du(store_dir)
         q = queries(store_dir, data, n, args.queries, args.repeats)
         return {"n": n, "dim": args.dim, "batch": args.batch, **ins, **q,
                 "bytes_per_episode": size / (n + SINGLE_INSERTS), "store_bytes": size,
                 "uptime_before": load_before, "uptime_after": uptime()}  # fmt: skip
+
+
+def _index_kind(store_dir: Path) -> dict[str, Any]:
+    hint = json.loads((store_dir / "index" / "visual.faiss.json").read_text())
+    from memory.store import EpisodeStore
+
+    with EpisodeStore(store_dir, readonly=True) as s:
+        index = s._ix.get("visual")
+        factory = index.factory if index.exact else f"IVF{index.ivf.nlist},Flat"
+    return {"factory": factory, "nprobe": hint.get("nprobe")}
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
@@ -252,8 +269,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         idx = f"{r['index']['factory'].replace('IDMap2,', '')} np={r['index']['nprobe']}"
+        ins = "reused" if r["insert_per_s"] is None else f"{r['insert_per_s']:.0f}"
+        one = "-" if r["insert_single_per_s"] is None else f"{r['insert_single_per_s']:.0f}"
         for j, (name, s) in enumerate(r["search"].items()):
-            head = (f"{r['n']:>9} {r['insert_per_s']:>9.0f} {r['insert_single_per_s']:>9.0f} "
+            head = (f"{r['n']:>9} {ins:>9} {one:>9} "
                     f"{r['bytes_per_episode']:>9.0f}  {idx:<16}") if j == 0 else " " * 57  # fmt: skip
             lines.append(f"{head} {name:<20} {s['p50_ms']['median']:>7.2f} "
                          f"{s['p99_ms']['median']:>7.2f} {s['recall_at_10']:>9.3f}")  # fmt: skip
@@ -269,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=500, help="episodes per add_many commit")
     ap.add_argument("--tmp", default=None, help="directory for the temporary stores")
+    ap.add_argument("--keep", default=None, help="keep the stores in this directory")
+    ap.add_argument("--reuse", action="store_true", help="with --keep: search existing stores")
     ap.add_argument(
         "--quick", action="store_true", help="tiny run (tests): 3000 x 32-d, IVF from 1000"
     )

@@ -177,7 +177,7 @@ def orphan_dirs(root: Path, known_ids: set[int]) -> list[Path]:
         out += [p for p in dirs if int(p.name) not in known_ids]
     clips = root / CLIP_DIR
     if clips.is_dir():
-        files = (p for p in clips.iterdir() if p.is_file() and p.stem.isdigit())
+        files = (p for p in clips.iterdir() if p.is_file() and p.stem.isdigit())  # not temps
         out += [p for p in files if int(p.stem) not in known_ids]
     return out
 
@@ -194,10 +194,12 @@ def episode_file_ids(root: Path) -> set[int]:
 
 
 def disk_bytes(root: Path) -> int:
-    """Total size of the files under ``root``."""
+    """Total size of the files under ``root`` (the disk-full reserve file excluded)."""
     total = 0
     for dirpath, _, files in os.walk(root):
         for name in files:
+            if name == ".reserve" and dirpath == str(root):
+                continue
             try:
                 total += os.stat(os.path.join(dirpath, name)).st_size
             except OSError:

@@ -34,6 +34,11 @@ class StoreLocked(StoreError):
     """Another process holds the store's writer lock (or SQLite stayed busy past its timeout)."""
 
 
+class StoreFull(StoreError, OSError):
+    """The disk (or file system) holding the store is full and retention could not make room;
+    nothing was half-written."""
+
+
 class ReadOnlyStore(StoreError):
     """A write was attempted on a store opened with ``readonly=True``."""
 

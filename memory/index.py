@@ -297,7 +297,13 @@ class FaissIndex:
 
     def save(self, path: str | Path) -> None:
         """Write the index to ``path`` atomically (temp file + fsync + ``os.replace``)."""
-        _atomic_write(Path(path), lambda tmp: _faiss().write_index(self.index, tmp))
+        data = _faiss().serialize_index(self.index)  # uint8 array; Python's write reports ENOSPC
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                f.write(memoryview(data))
+
+        _atomic_write(Path(path), write)
 
     @classmethod
     def load(cls, path: str | Path) -> FaissIndex:

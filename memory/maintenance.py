@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".writer.lock"
+RESERVE_NAME = ".reserve"
+SQLITE_FULL = 13
 MAX_REPORTED = 50  # problems listed per kind before "... and N more"
 
 
@@ -52,6 +54,36 @@ class WriterLock:
         """Release the lock (closing the file releases the flock)."""
         if not self._f.closed:
             self._f.close()
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT and SQLite's "database or disk is full"."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(e, sqlite3.DatabaseError):
+        return getattr(e, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(e)
+    return False
+
+
+def ensure_reserve(root: Path, nbytes: int) -> None:
+    """Keep ``<store>/.reserve`` (``nbytes`` of zeros): deleted when the disk is full, it gives
+    retention room to commit. Best effort: a full disk leaves it missing until next time."""
+    path = root / RESERVE_NAME
+    if nbytes <= 0:
+        path.unlink(missing_ok=True)
+        return
+    try:
+        if path.exists() and path.stat().st_size == nbytes:
+            return
+        with open(path, "wb") as f:
+            f.write(b"\0" * nbytes)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        logger.warning("cannot create the disk-full reserve %s: %s", path, e)
 
 
 def acquire_writer_lock(root: Path) -> WriterLock:
@@ -97,8 +129,8 @@ def remove_orphans(store: EpisodeStore, *, all_ids: bool = False) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-    for tmp in (root / "index").glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    for tmp in [*(root / "index").glob(".*.tmp"), *(root / blobs.CLIP_DIR).glob(".incoming-*")]:
+        tmp.unlink(missing_ok=True)  # a killed writer's temp files (index saves, clips)
     return orphans
 
 

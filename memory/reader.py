@@ -346,8 +346,10 @@ class StoreReader:
     def _filter_ids(self, ids: list[int], where: tuple[str, list[Any]]) -> set[int]:
         """The ids that exist in SQLite and pass ``where`` (from :func:`where_sql`)."""
         cond, params = where
+        # CROSS JOIN fixes the loop order: look the few ids up by rowid, never scan an index of
+        # the filter's columns (a source index would scan every episode of that source)
         sql = (
-            "SELECT e.id FROM episodes e WHERE e.id IN (SELECT value FROM json_each(?)) "
-            f"AND {cond}"
+            "SELECT e.id FROM json_each(?) AS j CROSS JOIN episodes AS e ON e.id = j.value "
+            f"WHERE {cond}"
         )
         return {int(r[0]) for r in self._conn.execute(sql, (_ids_json(ids), *params))}

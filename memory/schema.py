@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 DB_NAME = "eidetic.db"
 BUSY_TIMEOUT_MS = 10_000
+WAL_SIZE_LIMIT = 4 * 2**20  # the WAL is truncated to this after a checkpoint
 
 DDL_V1 = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,6 +77,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         # episode media and the bytes of its files (retention by size without walking the disk)
         "ALTER TABLE episodes ADD COLUMN clip TEXT",
         "ALTER TABLE episodes ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
+        # cosine of the visual vector to the previous episode of the same source (retention
+        # drops redundant episodes first)
+        "ALTER TABLE episodes ADD COLUMN redundancy REAL NOT NULL DEFAULT 0",
         # vectors deleted from SQLite but maybe still in a FAISS file (index types that cannot
         # remove, or a file saved before the delete); cleared when an index is rebuilt
         """CREATE TABLE IF NOT EXISTS tombstones (
@@ -140,6 +144,7 @@ def connect(db_path: Path, *, readonly: bool, synchronous: str) -> sqlite3.Conne
         if mode.lower() != "wal":
             logger.warning("journal_mode is %s, not wal, for %s", mode, db_path)
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     return conn
 
 
@@ -295,7 +300,7 @@ def sound_json(s: SoundRecord) -> dict[str, Any]:
 
 
 def episode_row(
-    ep: Episode, episode_id: int, keyframes: list[str], *, nbytes: int = 0
+    ep: Episode, episode_id: int, keyframes: list[str], *, nbytes: int = 0, redundancy: float = 0.0
 ) -> dict[str, Any]:
     """Column values of the ``episodes`` row for ``ep`` (keyframes, clip: store-relative paths;
     nbytes: size of its files)."""
@@ -314,6 +319,7 @@ def episode_row(
         "created_at": time.time(),
         "clip": ep.clip,
         "bytes": int(nbytes),
+        "redundancy": float(redundancy),
     }
 
 

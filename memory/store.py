@@ -23,21 +23,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from memory import blobs, maintenance
+from memory import blobs, maintenance, retention
 from memory import objects as objects_mod
-from memory.errors import IndexMismatch, ParameterError, ReadOnlyStore
+from memory.errors import IndexMismatch, ParameterError, ReadOnlyStore, StoreFull
 from memory.indexes import AUTO, MODALITIES, IndexSet
 from memory.objects import REID_THRESHOLD, ObjectMatcher, forget_orphan_objects
-from memory.reader import LoggedSound, StoreReader
+from memory.reader import LoggedSound, StoreReader, where_sql
+from memory.retention import RetentionPolicy
 from memory.schema import (
     DB_NAME,
+    blob_vector,
     connect,
     episode_row,
     fts_row,
@@ -54,6 +58,8 @@ __all__ = ["EpisodeStore", "LoggedSound"]
 logger = logging.getLogger(__name__)
 
 SYNCHRONOUS = ("NORMAL", "FULL")
+RESERVE_BYTES = 4 * 2**20  # the disk-full reserve file (see ``reserve_bytes``)
+RETENTION_EVERY_S = 60.0
 
 
 class EpisodeStore(StoreReader):
@@ -75,6 +81,12 @@ class EpisodeStore(StoreReader):
     reid_threshold : float
         Cosine similarity at which an episode's object is the same identity as a known one
         (memory/objects.py).
+    retention : RetentionPolicy, optional
+        Size and age limits (memory/retention.py), enforced by the writer every
+        ``RETENTION_EVERY_S`` while adding, and when the disk is full.
+    reserve_bytes : int
+        A writer keeps a file of this size in the store, deleted when the disk is full so that
+        retention has room to commit its deletes.
     """
 
     def __init__(
@@ -86,6 +98,8 @@ class EpisodeStore(StoreReader):
         index_factory: str = AUTO,
         jpeg_quality: int = 85,
         reid_threshold: float = REID_THRESHOLD,
+        retention: RetentionPolicy | None = None,
+        reserve_bytes: int = RESERVE_BYTES,
     ) -> None:
         if synchronous not in SYNCHRONOUS:
             raise ParameterError(f"synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
@@ -97,6 +111,10 @@ class EpisodeStore(StoreReader):
         self._fsync = synchronous == "FULL"
         self._lock = threading.RLock()
         self._objects = ObjectMatcher(threshold=reid_threshold)
+        self._last_visual: dict[str, np.ndarray] = {}
+        self.retention = retention or RetentionPolicy()
+        self.reserve_bytes = int(reserve_bytes)
+        self._retention_at = 0.0
         self._conn = None  # type: ignore[assignment]
         self._writer_lock = None if readonly else maintenance.acquire_writer_lock(self.path)
         try:
@@ -109,6 +127,7 @@ class EpisodeStore(StoreReader):
                 self._next_id = self._load_next_id()
                 maintenance.remove_orphans(self)
                 self._ix.open()
+                maintenance.ensure_reserve(self.path, self.reserve_bytes)
         except BaseException:
             self.close()
             raise
@@ -179,30 +198,83 @@ class EpisodeStore(StoreReader):
         return self.add_many([(episode, keyframe_images)])[0]
 
     def add_many(self, items: Iterable[tuple[Episode, Sequence[np.ndarray]]]) -> list[Episode]:
-        """Store several episodes in one transaction (the fast path); see :meth:`add`."""
+        """Store several episodes in one transaction (the fast path); see :meth:`add`.
+
+        On a full disk, retention makes room (unless ``retention.make_room_when_full`` is off)
+        and the write is retried once; ``StoreFull`` if it still fails. Nothing is half-written.
+        """
         with self._lock:
             self._require_writer()
             batch = [(ep, list(imgs)) for ep, imgs in items]
-            dims: dict[str, int | None] = {m: self._ix.dim(m) for m in MODALITIES}
-            for ep, imgs in batch:
-                self._validate(ep, imgs, dims)
-            ids = list(range(self._next_id, self._next_id + len(batch)))
-            written: list[tuple[Episode, int]] = []
             try:
-                for i, (ep, imgs) in zip(ids, batch):
-                    written.append(self._write_files(i, ep, imgs))
-                gens = self._insert(written)
-            except BaseException:
-                self._objects.invalidate()
-                for (ep, _), (stored, _) in zip(batch, written):
-                    blobs.give_back_clip(self.path, stored.clip, ep.clip)
-                for episode_id in ids:
-                    blobs.remove_episode_files(self.path, episode_id)
-                raise
-            self._next_id += len(batch)
-            stored = [ep for ep, _ in written]
-            self._index_added(stored, gens)
+                stored = self._add_batch(batch)
+            except (OSError, sqlite3.DatabaseError) as e:
+                if not maintenance.is_disk_full(e):
+                    raise
+                stored = self._add_after_disk_full(batch, e)
+            self._maybe_enforce_retention()
             return stored
+
+    def _add_after_disk_full(self, batch: list, error: BaseException) -> list[Episode]:
+        """Free the reserve; retention forgets the least important episodes in small commits
+        (or, when it may not, the WAL is folded in); retry once, else ``StoreFull``."""
+        logger.warning("disk full writing to store %s (%s)", self.path, error)
+        (self.path / maintenance.RESERVE_NAME).unlink(missing_ok=True)
+        if self.retention.make_room_when_full:
+            need = sum(img.nbytes // 4 for _, imgs in batch for img in imgs) + 64 * 1024
+            store_bytes = retention.store_bytes(self)
+            report = retention.enforce(
+                self, self.retention, batch=retention.DISK_FULL_BATCH,
+                free_bytes=max(need, int(retention.DISK_FULL_FREE_FRACTION * store_bytes)),
+            )  # fmt: skip
+            logger.warning("disk full: retention forgot %d episodes", report["forgotten"])
+        else:
+            retention.checkpoint(self)
+        try:
+            stored = self._add_batch(batch)
+        except (OSError, sqlite3.DatabaseError) as e:
+            if not maintenance.is_disk_full(e):
+                raise
+            why = "after retention" if self.retention.make_room_when_full else "(retention off)"
+            raise StoreFull(f"disk full writing to store {self.path} {why}: {e}; free space, "
+                            "or lower the retention limits") from e  # fmt: skip
+        maintenance.ensure_reserve(self.path, self.reserve_bytes)
+        return stored
+
+    def _add_batch(self, batch: list[tuple[Episode, list[np.ndarray]]]) -> list[Episode]:
+        dims: dict[str, int | None] = {m: self._ix.dim(m) for m in MODALITIES}
+        for ep, imgs in batch:
+            self._validate(ep, imgs, dims)
+        ids = list(range(self._next_id, self._next_id + len(batch)))
+        written: list[tuple[Episode, int]] = []
+        try:
+            for i, (ep, imgs) in zip(ids, batch):
+                written.append(self._write_files(i, ep, imgs))
+            gens = self._insert(written)
+        except BaseException:
+            self._objects.invalidate()
+            self._last_visual.clear()
+            for (ep, _), (stored, _) in zip(batch, written):
+                blobs.give_back_clip(self.path, stored.clip, ep.clip)
+            for episode_id in ids:
+                blobs.remove_episode_files(self.path, episode_id)
+            raise
+        self._next_id += len(batch)
+        stored = [ep for ep, _ in written]
+        self._index_added(stored, gens)
+        return stored
+
+    def _maybe_enforce_retention(self) -> None:
+        if self.retention.active and time.monotonic() - self._retention_at >= RETENTION_EVERY_S:
+            self._retention_at = time.monotonic()
+            retention.enforce(self, self.retention)
+
+    def enforce_retention(self, *, now: float | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Apply the retention policy now; returns what was (or would be) forgotten."""
+        with self._lock:
+            self._require_writer()
+            self._retention_at = time.monotonic()
+            return retention.enforce(self, self.retention, now=now, dry_run=dry_run)
 
     def _write_files(self, episode_id: int, ep: Episode, imgs: list[np.ndarray]) -> tuple[Episode, int]:
         """Keyframes written and the clip moved in (fsynced); returns the episode and its bytes."""
@@ -250,7 +322,8 @@ class EpisodeStore(StoreReader):
         vec_rows = []
         with transaction(self._conn) as c:
             for ep, nbytes in written:
-                row = episode_row(ep, ep.episode_id, list(ep.keyframes), nbytes=nbytes)  # type: ignore[arg-type]
+                row = episode_row(ep, ep.episode_id, list(ep.keyframes), nbytes=nbytes,  # type: ignore[arg-type]
+                                  redundancy=self._redundancy(ep))  # fmt: skip
                 marks = ", ".join("?" * len(row))
                 sql = f"INSERT INTO episodes ({', '.join(row)}) VALUES ({marks})"
                 c.execute(sql, tuple(row.values()))
@@ -270,6 +343,23 @@ class EpisodeStore(StoreReader):
             if written:
                 set_meta(c, "next_episode_id", written[-1][0].episode_id + 1)  # type: ignore[operator]
         return gens
+
+    def _redundancy(self, ep: Episode) -> float:
+        """Cosine of ``ep.visual`` to the previous episode of its source (0 without vectors)."""
+        if ep.visual is None:
+            return 0.0
+        prev = self._last_visual.get(ep.source)
+        if prev is None:
+            row = self._conn.execute(
+                "SELECT v.data FROM episodes e JOIN vectors v ON v.episode_id = e.id AND "
+                "v.modality = 'visual' WHERE e.source = ? ORDER BY e.id DESC LIMIT 1", (ep.source,),
+            ).fetchone()  # fmt: skip
+            prev = None if row is None else blob_vector(row[0])
+        x = np.asarray(ep.visual, np.float32)
+        self._last_visual[ep.source] = x
+        if prev is None or prev.shape != x.shape:
+            return 0.0
+        return float(np.clip(x @ prev / max(np.linalg.norm(x) * np.linalg.norm(prev), 1e-12), -1, 1))
 
     def _index_added(self, stored: list[Episode], gens: dict[str, int]) -> None:
         """Add the committed vectors to FAISS; on failure rebuild from SQLite."""
@@ -313,6 +403,40 @@ class EpisodeStore(StoreReader):
             self._require_writer()
             self.get(episode_id, vectors=False)  # raises EpisodeNotFound
             self.forget_many([episode_id])
+
+    def forget_range(
+        self,
+        *,
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        wall_since: float | None = None,
+        wall_until: float | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Forget every episode overlapping a time range (filters as in :meth:`episodes`; at
+        least one is required), and the logged sounds in it. Returns ``{"episodes": [ids],
+        "sounds": n}``."""
+        if all(v is None for v in (source, since, until, wall_since, wall_until)):
+            raise ParameterError("forget_range needs a source or a time range; "
+                                 "use forget(episode_id) for one episode")  # fmt: skip
+        where, params = where_sql(source=source, since=since, until=until,
+                                  wall_since=wall_since, wall_until=wall_until)  # fmt: skip
+        sound_where, sound_params = where_sql(source=source, since=since, until=until)
+        with self._lock:
+            ids = [int(r[0]) for r in self._conn.execute(
+                f"SELECT e.id FROM episodes e WHERE {where} ORDER BY e.id", params)]  # fmt: skip
+            n_sounds = 0
+            if dry_run:
+                return {"episodes": ids, "sounds": None, "dry_run": True}
+            self._require_writer()
+            for i in range(0, len(ids), retention.BATCH):
+                self.forget_many(ids[i : i + retention.BATCH])
+            if wall_since is None and wall_until is None:
+                with transaction(self._conn) as c:
+                    n_sounds = c.execute(f"DELETE FROM sounds AS e WHERE {sound_where}",
+                                         sound_params).rowcount  # fmt: skip
+            return {"episodes": ids, "sounds": n_sounds, "dry_run": False}
 
     def forget_many(self, ids: Sequence[int]) -> list[int]:
         """Delete the episodes among ``ids`` (unknown ids are skipped) in one transaction; then

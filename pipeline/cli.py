@@ -335,6 +335,8 @@ def store() -> None:
 
 
 def _with_store(ctx: click.Context, store_dir: str | None, fn: Callable[[Any], dict[str, Any]], *, readonly: bool) -> dict[str, Any]:
+    from memory.errors import EpisodeNotFound
+    from memory.errors import ParameterError as StoreParameterError
     from memory.store import EpisodeStore
 
     def work() -> dict[str, Any]:
@@ -342,7 +344,10 @@ def _with_store(ctx: click.Context, store_dir: str | None, fn: Callable[[Any], d
         if not (path / "eidetic.db").exists():
             raise ConfigError(f"no store at {path} (pass --store DIR)")
         with EpisodeStore(path, readonly=readonly) as st:
-            return fn(st)
+            try:
+                return fn(st)
+            except (StoreParameterError, EpisodeNotFound) as e:
+                raise ConfigError(str(e)) from e
 
     return _run(ctx, work)
 
@@ -387,16 +392,64 @@ def store_rebuild(ctx, store_dir, as_json) -> None:
 
 
 @store.command("forget")
-@click.argument("episode_id", type=int)
+@click.argument("episode_id", type=int, required=False)
+@click.option("--since", help="Forget episodes overlapping [since, until]: media seconds or ISO 8601.")
+@click.option("--until", help="End of the range (media seconds or ISO 8601).")
+@click.option("--source", help="Only this source (file path or URL).")
+@click.option("--dry-run", is_flag=True, help="List what would be forgotten; change nothing.")
 @store_opt
 @json_opt
 @click.pass_context
-def store_forget(ctx, episode_id, store_dir, as_json) -> None:
-    """Remove one episode: its row, vectors and keyframe files."""
+def store_forget(ctx, episode_id, since, until, source, dry_run, store_dir, as_json) -> None:
+    """Remove one episode (EPISODE_ID), or every episode of a time range and/or source, with
+    their vectors, files and logged sounds."""
+    ranged = any(v is not None for v in (since, until, source))
+    if (episode_id is None) == (not ranged):
+        raise click.UsageError("give an EPISODE_ID, or --since/--until/--source (not both)")
 
     def work(st) -> dict[str, Any]:
-        st.forget(episode_id)
-        return {"forgotten": episode_id}
+        if episode_id is not None:
+            if dry_run:
+                st.get(episode_id, vectors=False)
+            else:
+                st.forget(episode_id)
+            return {"forgotten": [episode_id], "dry_run": dry_run}
+        from pipeline.api import _source_filter, parse_time
+
+        t0, w0 = parse_time(since)
+        t1, w1 = parse_time(until)
+        done = st.forget_range(source=_source_filter(source), since=t0, until=t1, wall_since=w0,
+                               wall_until=w1, dry_run=dry_run)  # fmt: skip
+        return {"forgotten": done["episodes"], "sounds": done["sounds"], "dry_run": dry_run}
+
+    def human(d: dict[str, Any]) -> None:
+        verb = "would forget" if d["dry_run"] else "forgot"
+        click.echo(f"{verb} {len(d['forgotten'])} episode(s): {d['forgotten'][:20]}")
+
+    _emit(_with_store(ctx, store_dir, work, readonly=dry_run), as_json, human)
+
+
+@store.command("prune")
+@click.option("--max-gb", type=click.FloatRange(min=0, min_open=True), help="Size limit (overrides the config).")
+@click.option("--max-age-days", type=click.FloatRange(min=0, min_open=True), help="Age limit (overrides the config).")
+@click.option("--dry-run", is_flag=True, help="Report what would be forgotten; change nothing.")
+@store_opt
+@config_opt
+@json_opt
+@click.pass_context
+def store_prune(ctx, max_gb, max_age_days, dry_run, store_dir, config_path, as_json) -> None:
+    """Apply the retention policy (config section `retention`) now."""
+
+    def work(st) -> dict[str, Any]:
+        cfg = _app(store_dir, config_path).config.retention
+        cfg = cfg.model_copy(update={k: v for k, v in (("max_gb", max_gb), ("max_age_days", max_age_days)) if v is not None})
+        st.retention = cfg.policy()
+        if not st.retention.active:
+            raise ConfigError("no retention limits: set retention.max_gb / max_age_days in the config, or pass --max-gb / --max-age-days")
+        report = st.enforce_retention(dry_run=dry_run)
+        return {"forgotten": report["forgotten"], "by_age": report["age"], "by_size": report["size"],
+                "bytes_before": report["bytes_before"], "bytes_after_estimate": report["bytes_after_estimate"],
+                "dry_run": dry_run}  # fmt: skip
 
     _emit(_with_store(ctx, store_dir, work, readonly=False), as_json, _print_doc)
 

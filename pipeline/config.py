@@ -198,6 +198,42 @@ class MemoryConfig(_Section):
         4, ge=1, le=64, description="Representative keyframes stored per episode (JPEG)."
     )
     jpeg_quality: int = Field(85, ge=10, le=100, description="Quality of stored keyframe JPEGs.")
+    clips: bool = Field(
+        True, description="Keep each episode's media: its capture window's video and audio "
+        "packets remuxed into a small clip (no re-encode; file sources).",
+    )
+
+
+class RetentionConfig(_Section):
+    max_gb: float | None = Field(
+        None, gt=0,
+        description="Store size limit (GB): the least important episodes (redundant, common, "
+        "old) are forgotten first; empty: no limit.",
+    )
+    max_age_days: float | None = Field(
+        None, gt=0,
+        description="Forget episodes older than this (days; rare-label and named-object "
+        "episodes live up to 3x longer); empty: keep forever.",
+    )
+    source_max_age_days: dict[str, float] = Field(
+        {}, description="Per-source age limits (days) by source name (file path or URL), e.g. "
+        "{'rtsp://door/stream': 7}.",
+    )
+    make_room_when_full: bool = Field(
+        True, description="On a full disk, forget the least important episodes and retry the "
+        "write (else the write fails with a clear error).",
+    )
+
+    def policy(self):
+        """The :class:`memory.retention.RetentionPolicy` of these settings."""
+        from memory.retention import RetentionPolicy
+
+        return RetentionPolicy(
+            max_bytes=None if self.max_gb is None else int(self.max_gb * 1e9),
+            max_age_days=self.max_age_days,
+            source_max_age_days=dict(self.source_max_age_days),
+            make_room_when_full=self.make_room_when_full,
+        )
 
 
 class ServeConfig(_Section):
@@ -218,6 +254,7 @@ class ServiceConfig(_Section):
     trigger: TriggerConfig = TriggerConfig()
     perception: PerceptionConfig = PerceptionConfig()
     memory: MemoryConfig = MemoryConfig()
+    retention: RetentionConfig = RetentionConfig()
     serve: ServeConfig = ServeConfig()
 
 

@@ -111,7 +111,7 @@ def _run_graph(infos: list[MediaInfo], cfg: ServiceConfig, hook: ProgressHook | 
     from pipeline.actors.trigger_actor import TriggerActor
 
     cfg.store.path.mkdir(parents=True, exist_ok=True)
-    memory = MemoryActor.remote(str(cfg.store.path.resolve()), cfg.memory)
+    memory = MemoryActor.remote(str(cfg.store.path.resolve()), cfg.memory, cfg.retention)
     perception = PerceptionActor.remote(cfg.perception, memory, cfg.ray.max_in_flight)
     reports = []
     for i, info in enumerate(infos):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 import ray
 
-from pipeline.config import MemoryConfig
+from pipeline.config import MemoryConfig, RetentionConfig
 from pipeline.types import CaptureWindow
 
 logger = logging.getLogger(__name__)
@@ -25,14 +26,16 @@ def to_sound_records(events: list) -> list:
 class MemoryActor:
     """Owns :class:`memory.store.EpisodeStore`; one :class:`EpisodeBuilder` per open source."""
 
-    def __init__(self, store_path: str, cfg: MemoryConfig) -> None:
+    def __init__(self, store_path: str, cfg: MemoryConfig, retention: RetentionConfig | None = None) -> None:
         from memory.store import EpisodeStore
         from models import registry
 
-        self.store = EpisodeStore(Path(store_path))
+        policy = (retention or RetentionConfig()).policy()
+        self.store = EpisodeStore(Path(store_path), jpeg_quality=cfg.jpeg_quality, retention=policy)
         self.embedder = registry.create(registry.EMBEDDERS, "classical")
         self.cfg = cfg
         self.builders: dict = {}
+        self.windows: dict = {}
         self.episodes = 0
 
     def add_sounds(self, source: str, events: list) -> int:
@@ -53,6 +56,7 @@ class MemoryActor:
             audio_embeddings=np.stack(embeddings) if embeddings else None,
         )
         self.builders[source] = builder
+        self.windows[source] = window
 
     def add(self, source: str, perception, image: np.ndarray | None = None) -> None:
         builder = self.builders[source]
@@ -62,7 +66,14 @@ class MemoryActor:
 
     def end(self, source: str, t_end: float) -> int | None:
         builder = self.builders.pop(source)
+        window = self.windows.pop(source, None)
         episode, images = builder.end(t_end)
+        if self.cfg.clips and window is not None:
+            from pipeline.clips import clip_for_store
+
+            clip = clip_for_store(source, window.t_start, t_end, self.store.path)
+            if clip is not None:
+                episode = dataclasses.replace(episode, clip=str(clip))
         stored = self.store.add(episode, images)
         self.episodes += 1
         logger.info("episode %s of %s: %.2f-%.2f s", stored.episode_id, source, stored.t_start, stored.t_end)
