@@ -345,7 +345,7 @@ def serve(ctx, store_dir, config_path, host, port) -> None:
     from pipeline.serve import run_server
 
     app = _run(ctx, lambda: _app(store_dir, config_path))
-    _run(ctx, lambda: run_server(app.config, host=host, port=port))
+    _run(ctx, lambda: run_server(app.config, host=host, port=port, config_path=config_path))
 
 
 @cli.group()
