@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# System packages some tests need (none yet beyond Python); installed with apt-get when root.
-SYSDEPS :=
+# System packages some tests need; installed with apt-get when root (the web page test drives
+# Debian's chromium through chromium-driver).
+SYSDEPS := chromium chromium-driver
 sysdeps:
 	@if [ -n "$(SYSDEPS)" ] && [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SYSDEPS); fi
 
