@@ -62,6 +62,7 @@ class Eidetic:
         self.config = cfg
         self._store: EpisodeStore | None = None
         self._engine = None
+        self._llm = None
 
     @property
     def store_path(self) -> Path:
@@ -281,9 +282,19 @@ class Eidetic:
         )  # fmt: skip
         try:
             question = question_from_dict(structured) if structured is not None else None
-            return self.engine.answer(query, question=question)
+            answer = self.engine.answer(query, question=question)
         except QuestionError as e:
             raise ConfigError(str(e)) from None
+        return self.llm.phrase(text, answer) if self.llm.enabled else answer
+
+    @property
+    def llm(self):
+        """The optional LLM phrasing of answers (``llm`` config section; see pipeline/llm.py)."""
+        from pipeline.llm import LLMPhraser
+
+        if self._llm is None:
+            self._llm = LLMPhraser(self.config.llm)
+        return self._llm
 
     @property
     def engine(self):

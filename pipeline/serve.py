@@ -72,10 +72,6 @@ class Service:
         self.metrics = Metrics(self)
         self.stop = asyncio.Event()
 
-    def synthesize(self, text: str | None, answer):
-        """The rule answer, phrased by the configured LLM when there is one (see pipeline.llm)."""
-        return answer
-
     def start(self) -> None:
         self.webhooks.start()
         self.watcher.start()

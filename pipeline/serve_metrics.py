@@ -34,7 +34,6 @@ class Metrics:
         self.queries = Counter("eidetic_queries_total", "Queries answered", ["answered"], registry=r)
         self.query_seconds = Histogram("eidetic_query_seconds", "Query answer latency",
                                        buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.llm = Counter("eidetic_llm_answers_total", "LLM answer synthesis", ["outcome"], registry=r)
         self.http = Histogram("eidetic_http_request_seconds", "HTTP request latency",
                               ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.sample: dict[str, Any] = {}
@@ -113,6 +112,8 @@ class _Collector:
         yield _labelled("eidetic_live_sources", "Live sources by state", dict(live), label="state")
         yield _gauge("eidetic_events_published", "Events published", svc.bus.published)
         yield _gauge("eidetic_event_stream_clients", "Connected event-stream clients", svc.bus.clients)
+        yield _labelled("eidetic_llm_answers", "LLM phrasing of answers by outcome",
+                        dict(svc.eidetic.llm.outcomes), label="outcome")  # fmt: skip
         wh = svc.webhooks
         yield _labelled("eidetic_webhook_deliveries", "Webhook deliveries",
                         {"sent": wh.sent, "failed": wh.failed, "dropped": wh.dropped}, label="outcome")  # fmt: skip

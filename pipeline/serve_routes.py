@@ -105,7 +105,7 @@ def _query_routes(app: FastAPI, svc: Service, guarded: list) -> None:
                                    visual=visual, audio_vector=audio)  # fmt: skip
         from memory.query import answer_to_json
 
-        doc = answer_to_json(svc.synthesize(body.text, answer), keyframe_url=keyframe_url)
+        doc = answer_to_json(answer, keyframe_url=keyframe_url)
         svc.metrics.query_seconds.observe(time.perf_counter() - t0)
         svc.metrics.queries.labels(answered=str(doc["answered"]).lower()).inc()
         return doc
