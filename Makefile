@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# System packages some tests and benchmarks need (ffmpeg: loopback stream servers, the ingest
-# benchmark); installed with apt-get when root.
-SYSDEPS := ffmpeg
+# System packages some tests and benchmarks need, installed with apt-get when root: ffmpeg (loopback
+# stream servers, the ingest benchmark), chromium + chromium-driver (the web page test).
+SYSDEPS := ffmpeg chromium chromium-driver
 sysdeps:
 	@if [ -n "$(SYSDEPS)" ] && [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SYSDEPS); fi
 

@@ -1,94 +1,53 @@
 """QueryEngine: retrieval (FTS5 + FAISS + filters) and rule-based temporal reasoning → Answer.
 
-Retrieval: the question's content words must all match an episode's summary/labels/source
-(prefix match after normalisation; with 3+ words one may be missing), example vectors find the
-nearest episodes above ``min_similarity``; rankings are combined by reciprocal-rank fusion.
-Reasoning: first/last, count, how long, before/after an anchor episode, time windows. Every time
-in an answer sentence is read from an episode cited in the evidence; nothing else is invented.
+Retrieval (:mod:`memory.retrieval`): every content word of the question must match an episode's
+summary/labels/source (prefix match after normalisation, sound words expanded: "bark" finds
+"dog"; with 3+ words one may be missing); example vectors (an image, a sound, or "like episode
+N") find the nearest episodes above ``min_similarity``; time spans, sources, labels, objects
+and before/after anchors are SQL conditions. Reasoning (:mod:`memory.reasoning`): first/last,
+count, how long, last seen, before/after, time windows, ranked by relevance or similarity. Only
+the episodes cited are decoded, so a question over 10⁵ episodes costs a few SQL queries.
+Every time in an answer sentence is read from an episode cited in the evidence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
-from pathlib import Path, PurePath
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memory.episodes import format_time, l2_normalize
-from memory.errors import ParameterError
-from memory.questions import Intent, Question, parse_question
-from memory.text import tokenize
-from memory.types import Answer, Episode, EpisodeHit, Query
+from memory.episodes import l2_normalize
+from memory.errors import EpisodeNotFound, ParameterError
+from memory.questions import Intent, Question, QuestionError, TimeSpan, parse_question
+from memory.reasoning import Reasoner, describe, nothing
+from memory.retrieval import (
+    Ref,
+    Where,
+    has_files,
+    has_live,
+    has_table,
+    max_span_s,
+    object_ids_named,
+    refs,
+    refs_of,
+    sighted,
+)
+from memory.types import Answer, EpisodeHit, Query
 
 if TYPE_CHECKING:
     from memory.store import EpisodeStore
     from models.embedders.base import Embedder
 
+__all__ = ["QueryEngine", "answer_to_json", "describe"]
+
 logger = logging.getLogger(__name__)
 
-RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
-MAX_CANDIDATES = 10_000  # episodes considered per retrieval (counts above this are capped)
-MAX_EVIDENCE = 100  # evidence items returned for a count
-NEAR_ANCHOR = 100  # extra episodes fetched around an anchor before exact before/after filtering
-
-
-def _key(ep: Episode) -> tuple[float, int]:
-    """Chronological sort key: wall clock when known, else media time; then id."""
-    t = ep.wall_start if ep.wall_start is not None else ep.t_start
-    return float(t), int(ep.episode_id or 0)
-
-
-def describe(ep: Episode) -> str:
-    """``"glass_breaking at 0:04.2 (episode 2: 0:03.2–0:06.0 on cam1)"`` (+ UTC for live sources).
-
-    The first time is when the episode's first sound began (absent without sounds), the span is
-    the episode's (pre- and post-roll included); file sources are named by their file name.
-    """
-    what = ", ".join(ep.labels) or "activity"
-    heard = f" at {format_time(min(s.t_start for s in ep.sounds))}" if ep.sounds else ""
-    wall = ""
-    if ep.wall_start is not None:
-        utc = datetime.fromtimestamp(ep.wall_start, tz=timezone.utc)
-        wall = f", {utc:%Y-%m-%d %H:%M:%S} UTC"
-    source = ep.source if "://" in ep.source else PurePath(ep.source).name
-    span = f"{format_time(ep.t_start)}–{format_time(ep.t_end)}"
-    return f"{what}{heard} (episode {ep.episode_id}: {span} on {source}{wall})"
-
-
-def _topic(eps: Sequence[Episode], words: Sequence[str]) -> str:
-    """The label of ``eps`` that the question's ``words`` name most often (or the words)."""
-    counts: Counter[str] = Counter()
-    for ep in eps:
-        for label in ep.labels:
-            toks = tokenize(label)
-            if any(t.startswith(w) or w.startswith(t) for t in toks for w in words):
-                counts[label] += 1
-    return counts.most_common(1)[0][0] if counts else (" ".join(words) or "episodes")
-
-
-def _rrf(rankings: Sequence[Sequence[int]]) -> dict[int, float]:
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, episode_id in enumerate(ranking):
-            scores[episode_id] = scores.get(episode_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-    return scores
-
-
-def _after(ep: Episode, anchor: Episode, relation: str) -> bool:
-    """Is ``ep`` strictly after (or before) ``anchor`` on a comparable clock?"""
-    if ep.episode_id == anchor.episode_id:
-        return False
-    if anchor.wall_start is not None and ep.wall_start is not None:
-        later = _key(ep) > _key(anchor)
-    elif ep.source == anchor.source:
-        later = (ep.t_start, ep.episode_id or 0) > (anchor.t_start, anchor.episode_id or 0)
-    else:
-        return False  # media clocks of different sources are not comparable
-    return later if relation == "after" else not later
+_nothing = nothing
 
 
 class QueryEngine:
@@ -126,7 +85,9 @@ class QueryEngine:
 
     # --- answer ------------------------------------------------------------------------------
 
-    def answer(self, query: Query) -> Answer:
+    def answer(
+        self, query: Query, *, question: Question | None = None, now: datetime | None = None
+    ) -> Answer:
         """Answer ``query``: parse, retrieve, apply the temporal logic, cite the evidence.
 
         Parameters
@@ -134,6 +95,10 @@ class QueryEngine:
         query : Query
             Text (optional when ``visual``/``audio`` example vectors are given), filters, ``k``
             (how many episodes a sentence lists).
+        question : Question, optional
+            An already parsed (or structured) question; ``query.text`` is then only quoted.
+        now : datetime, optional
+            "Now" for relative times in the text (default: the local clock).
 
         Returns
         -------
@@ -141,161 +106,157 @@ class QueryEngine:
             ``answered=False`` with empty evidence when nothing matches. Otherwise a sentence
             whose times and episode ids all come from ``evidence``, which lists the cited
             episodes in the order cited (then the before/after anchor, score 0).
+
+        Raises
+        ------
+        QuestionError
+            The question cannot be understood as given (a bad time, "like this image" without
+            an image, an unknown episode in "after episode N"...).
         """
         if query.k < 1:
             raise ParameterError(f"Query.k must be >= 1, got {query.k!r}")
-        q = parse_question(query.text or "")
-        filters = self._filters(query, q)
+        q = question if question is not None else parse_question(query.text or "", now=now)
+        self._check_example(q, query)
+        flt, clock = self._filters(query, q)
+        base = Where().filters(**flt).labels(q.labels).bounds(flt, max_span_s(self.store))
+        if clock is not None:
+            base.clock(clock, max_span_s(self.store))
         anchor = None
-        if q.relation and q.anchor:
-            anchor = self._anchor(q, filters)
+        if q.relation and (q.anchor or q.anchor_episode is not None):
+            anchor = self._anchor(q, base)
             if anchor is None:
                 return _nothing(q.anchor_text or query.text)
-        scored = self._retrieve(query, q, filters, anchor)
+        cand = base.copy()
         if anchor is not None:
-            scored = [(ep, s) for ep, s in scored if _after(ep, anchor, q.relation or "after")]
-        if not scored:
-            if anchor is None:
-                return _nothing(query.text)
-            return Answer(True, f"Nothing is remembered {q.relation} {describe(anchor)}.",
-                          (EpisodeHit(anchor, 1.0),))  # fmt: skip
-        logger.debug("question %r parsed as %s: %d candidates", query.text, q, len(scored))
-        return self._reason(q, query.k, scored, anchor)
+            cand.beyond(anchor, q.relation or "after")
+        scores: dict[int, float] = {}
+        words = q.keywords
+        if q.object_id is not None or q.object_name:
+            ids = self._object_ids(q)
+            if ids is None:
+                what = q.object_name or f"object {q.object_id}"
+                return Answer(False, f"Nothing in memory matches {what!r}: this store keeps no "
+                                     "object identities to look it up by.", ())  # fmt: skip
+            if not ids:
+                return _nothing(q.object_name or f"object {q.object_id}")
+            if q.object_id is None and len(ids) == 1:
+                q = dataclasses.replace(q, object_id=ids[0])
+            sighted(cand, ids)
+        elif q.intent is Intent.SEEN and words and (ids := self._named(words)):
+            sighted(cand, ids)
+            words = ()
+        if words:
+            cand = self._match_words(cand, words)
+        examples = self._examples(query, q)
+        if examples:
+            scores = self._similar(examples, flt, query.k, exclude=q.similar_to)
+            cand.ids(list(scores))
+        logger.debug("question %r parsed as %s", query.text, q)
+        return self._reason(q, query, cand, anchor, scores)
 
-    def _filters(self, query: Query, q: Question) -> dict[str, Any]:
-        since, until = query.since, query.until
-        lo, hi = q.window if q.window is not None else (None, None)
-        if q.anchor_time is not None:
-            lo, hi = (q.anchor_time, hi) if q.relation == "after" else (lo, q.anchor_time)
-        since = lo if since is None else (since if lo is None else max(since, lo))
-        until = hi if until is None else (until if hi is None else min(until, hi))
-        return {"source": query.source, "since": since, "until": until,
-                "wall_since": query.wall_since, "wall_until": query.wall_until}  # fmt: skip
+    def _check_example(self, q: Question, query: Query) -> None:
+        need = {"image": query.visual is None, "sound": query.audio is None,
+                "any": query.visual is None and query.audio is None}  # fmt: skip
+        if q.example and need[q.example] and q.similar_to is None:
+            what = {"image": "an image", "sound": "a sound", "any": "an image or a sound"}
+            raise QuestionError(f"the question asks about an example: attach {what[q.example]} "
+                                "(--image/--audio, or \"image\"/\"audio\" over HTTP)")  # fmt: skip
 
-    def _text_matches(self, words: Sequence[str], filters: dict[str, Any]) -> list[int]:
-        """Ids of the episodes matching ``words`` best (all of them; with 3+ words, all but one),
-        by bm25; empty when too few words match anywhere."""
-        per_word = [
-            {i for i, _ in self.store.search_text(w, k=MAX_CANDIDATES, match="all", **filters)}
-            for w in words
-        ]
-        coverage = Counter(i for ids in per_word for i in ids)
-        need = len(words) if len(words) <= 2 else len(words) - 1
-        if not coverage or max(coverage.values()) < need:
-            return []
-        best = max(coverage.values())
-        bm25 = dict(self.store.search_text(" ".join(words), k=MAX_CANDIDATES, **filters))
-        ids = [i for i, c in coverage.items() if c == best]
-        return sorted(ids, key=lambda i: (-bm25.get(i, 0.0), i))
+    def _filters(self, query: Query, q: Question) -> tuple[dict[str, Any], TimeSpan | None]:
+        """Store filters: the query's, intersected with the question's time span; plus a clock
+        span ("at 14:05") to apply both ways when the store holds live and file episodes."""
+        flt: dict[str, Any] = {
+            "source": query.source,
+            "since": query.since,
+            "until": query.until,
+            "wall_since": query.wall_since,
+            "wall_until": query.wall_until,
+        }
+        span = q.span
+        if span is None:
+            return flt, None
+        if span.kind == "clock":  # a time of day for live sources, media time for files
+            where = Where().filters(source=query.source)
+            live, files = has_live(self.store, where), has_files(self.store, where)
+            if live and files:
+                return flt, span
+            span = span.resolve(live)
+        lo, hi = ("since", "until") if span.kind == "media" else ("wall_since", "wall_until")
+        if span.lo is not None:
+            flt[lo] = span.lo if flt[lo] is None else max(flt[lo], span.lo)
+        if span.hi is not None:
+            flt[hi] = span.hi if flt[hi] is None else min(flt[hi], span.hi)
+        return flt, None
 
-    def _anchor(self, q: Question, filters: dict[str, Any]) -> Episode | None:
-        """The episode "X" in "after X" / "before X": the latest match, or the earliest for
-        "after the first X"."""
-        ids = self._text_matches(q.anchor, filters)
-        eps = self.store.get_many(ids)
-        if not eps:
+    def _anchor(self, q: Question, base: Where) -> Ref | None:
+        """The episode "X" in "after X": the latest match, or the earliest for "after the first
+        X"; or the episode named by id."""
+        if q.anchor_episode is not None:
+            found = refs_of(self.store, [q.anchor_episode])
+            return found[0] if found else None
+        where = self._match_words(base.copy(), q.anchor)
+        got = refs(self.store, where, order="asc" if q.anchor_which == "first" else "desc", limit=1)
+        return got[0] if got else None
+
+    def _match_words(self, where: Where, words: Sequence[str]) -> Where:
+        """All ``words`` must match; with 3+ words, all but one if no episode has them all."""
+        every = where.copy().words(words)
+        if len(words) < 3 or refs(self.store, every, limit=1):
+            return every
+        alternatives = []
+        for i in range(len(words)):
+            w = Where(conds=[]).words([*words[:i], *words[i + 1 :]])
+            alternatives.append((" AND ".join(w.conds), w.params))
+        sql = " OR ".join(f"({c})" for c, _ in alternatives)
+        return where.copy().add(f"({sql})", *[p for _, ps in alternatives for p in ps])
+
+    def _object_ids(self, q: Question) -> list[int] | None:
+        """Object identities asked for; None when the store keeps none."""
+        if not has_table(self.store, "sightings"):
             return None
-        return min(eps, key=_key) if q.anchor_which == "first" else max(eps, key=_key)
+        if q.object_name:
+            return object_ids_named(self.store, q.object_name)
+        return [q.object_id] if q.object_id is not None else []
 
-    def _retrieve(
-        self, query: Query, q: Question, filters: dict[str, Any], anchor: Episode | None
-    ) -> list[tuple[Episode, float]]:
-        """Candidate episodes with relevance scores (RRF), best first."""
-        rankings: list[list[int]] = []
-        if q.keywords:
-            rankings.append(self._text_matches(q.keywords, filters))
-        for modality in ("visual", "audio"):
-            x = getattr(query, modality)
-            if x is not None:
-                hits = self.store.search_vectors(modality, x, k=max(query.k, 50), **filters)
-                rankings.append([i for i, s in hits if s >= self.min_similarity])
-        if rankings:
-            scores = _rrf(rankings)
-            ids = sorted(scores, key=lambda i: (-scores[i], i))
-            eps = self.store.get_many(ids)
-            return [(ep, scores[int(ep.episode_id or 0)]) for ep in eps]
-        eps = self._listing(q, query.k, filters, anchor)
-        return [(ep, 1.0 / (RRF_K + rank + 1)) for rank, ep in enumerate(eps)]
+    def _named(self, words: Sequence[str]) -> list[int]:
+        """Objects the user named like ``words`` ("my red mug" → an object named "red mug")."""
+        if not has_table(self.store, "objects"):
+            return []
+        return object_ids_named(self.store, " ".join(words)) or [
+            i for w in words for i in object_ids_named(self.store, w)
+        ]
 
-    def _listing(
-        self, q: Question, k: int, filters: dict[str, Any], anchor: Episode | None
-    ) -> list[Episode]:
-        """Episodes by time when the question names nothing to search for."""
-        if anchor is not None:
-            after = q.relation == "after"
-            f = dict(filters)
-            if anchor.wall_start is not None:
-                f["wall_since" if after else "wall_until"] = anchor.wall_start
-            else:
-                f["source"] = anchor.source
-                f["since" if after else "until"] = anchor.t_start
-            return self.store.episodes(**f, limit=k + NEAR_ANCHOR, order="asc" if after else "desc")
-        if q.intent is Intent.WHAT:
-            windowed = filters["since"] is not None or filters["until"] is not None
-            return self.store.episodes(**filters, limit=k, order="asc" if windowed else "desc")
-        return self.store.episodes(**filters, limit=MAX_CANDIDATES, order="asc")
+    def _examples(self, query: Query, q: Question) -> list[tuple[str, np.ndarray]]:
+        out = [(m, getattr(query, m)) for m in ("visual", "audio") if getattr(query, m) is not None]
+        if q.similar_to is not None:
+            try:
+                ep = self.store.get(q.similar_to, vectors=True)
+            except EpisodeNotFound:
+                raise QuestionError(f"no episode {q.similar_to} to compare with") from None
+            out += [(m, getattr(ep, m)) for m in ("visual", "audio") if getattr(ep, m) is not None]
+            if not out:
+                raise QuestionError(f"episode {q.similar_to} has no vectors to compare with")
+        return out
 
-    # --- reasoning ---------------------------------------------------------------------------
+    def _similar(
+        self,
+        examples: list[tuple[str, np.ndarray]],
+        flt: dict[str, Any],
+        k: int,
+        exclude: int | None,
+    ) -> dict[int, float]:
+        """Episodes near the example vectors (best similarity per episode, above the minimum)."""
+        best: dict[int, float] = {}
+        for modality, x in examples:
+            for i, s in self.store.search_vectors(modality, x, k=max(k, 50), **flt):
+                if s >= self.min_similarity and i != exclude:
+                    best[i] = max(best.get(i, s), s)
+        return best
 
     def _reason(
-        self, q: Question, k: int, scored: list[tuple[Episode, float]], anchor: Episode | None
+        self, q: Question, query: Query, cand: Where, anchor: Ref | None, scores: dict[int, float]
     ) -> Answer:
-        """Apply the question's temporal logic to the candidates and phrase the answer."""
-        score = {ep.episode_id: s for ep, s in scored}
-        chrono = sorted((ep for ep, _ in scored), key=_key)
-        topic = _topic(chrono, q.keywords)
-        rel = f" ({q.relation} {describe(anchor)})" if anchor is not None else ""
-
-        def cite(chosen: Sequence[Episode]) -> tuple[EpisodeHit, ...]:
-            hits = [EpisodeHit(ep, score[ep.episode_id]) for ep in chosen]
-            return tuple(hits + ([EpisodeHit(anchor, 0.0)] if anchor is not None else []))
-
-        if q.intent is Intent.COUNT:
-            noun = "time" if len(chrono) == 1 else "times"
-            text = f"{topic}: {len(chrono)} {noun}{rel}: {_listed(chrono, k)}."
-            return Answer(True, text, cite(chrono[:MAX_EVIDENCE]))
-        if q.intent is Intent.WHAT:
-            if anchor is not None:
-                near = chrono if q.relation == "after" else chrono[::-1]
-                head = "After" if q.relation == "after" else "Before"
-                text = f"{head} {describe(anchor)}: {_listed(near[:k], k)}."
-                return Answer(True, text, cite(near[:k]))
-            ranked = chrono if (q.window or not q.keywords) else [ep for ep, _ in scored]
-            more = f" ({len(ranked)} matching in all)" if len(ranked) > k else ""
-            return Answer(True, f"{_listed(ranked[:k], k)}{more}.", cite(ranked[:k]))
-        chosen = _choose(q, chrono, k)
-        if q.intent is Intent.DURATION:
-            parts = [f"{topic} lasted {ep.t_end - ep.t_start:.1f} s ({describe(ep)})"
-                     for ep in chosen]  # fmt: skip
-            return Answer(True, "; ".join(parts) + rel + ".", cite(chosen))
-        prefix = "Yes: " if q.intent is Intent.YESNO else ""
-        more = len(chrono) - len(chosen) if q.which is None and q.relation is None else 0
-        tail = f"; and {more} more" if more > 0 else ""
-        return Answer(True, f"{prefix}{_listed(chosen, k)}{rel}{tail}.", cite(chosen))
-
-
-def _choose(q: Question, chrono: list[Episode], k: int) -> list[Episode]:
-    """first / last / nearest after or before the anchor / the first ``k`` (chronological)."""
-    if q.which == "first":
-        return chrono[:1]
-    if q.which == "last":
-        return chrono[-1:]
-    if q.relation == "after":
-        return chrono[:1]
-    if q.relation == "before":
-        return chrono[-1:]
-    return chrono[:k]
-
-
-def _listed(eps: Sequence[Episode], k: int) -> str:
-    """``describe`` of the first ``k`` episodes, "; "-separated, with "and N more"."""
-    text = "; ".join(describe(ep) for ep in eps[:k])
-    return text + (f"; and {len(eps) - k} more" if len(eps) > k else "")
-
-
-def _nothing(what: str | None) -> Answer:
-    subject = repr(what) if what else "the example"
-    return Answer(False, f"Nothing in memory matches {subject}.", ())
+        return Reasoner(self.store).answer(q, query.k, cand, anchor, scores, query.text)
 
 
 KeyframeUrl = Callable[[int, int], str]

@@ -61,6 +61,8 @@ class Eidetic:
             cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"path": Path(store)})})
         self.config = cfg
         self._store: EpisodeStore | None = None
+        self._engine = None
+        self._llm = None
 
     @property
     def store_path(self) -> Path:
@@ -249,25 +251,59 @@ class Eidetic:
         since: str | float | None = None,
         until: str | float | None = None,
         k: int = 5,
+        structured: dict[str, Any] | None = None,
+        visual: np.ndarray | None = None,
+        audio_vector: np.ndarray | None = None,
     ) -> Answer:
-        """Answer a question about past episodes, with evidence; see ``eidetic query``."""
-        from memory.query import QueryEngine
+        """Answer a question about past episodes, with evidence; see ``eidetic query``.
+
+        ``structured`` is a structured query (:func:`memory.questions.question_from_dict`) used
+        instead of parsing ``text``; ``visual``/``audio_vector`` are example vectors already
+        embedded (the HTTP API embeds uploaded examples). A question that cannot be understood
+        raises ConfigError (exit code 2, HTTP 400).
+        """
+        from memory.questions import QuestionError, question_from_dict
         from memory.types import Query
 
-        if not text and image is None and audio is None:
-            raise ConfigError("a query needs TEXT, --image or --audio")
+        if not (text or "").strip() and image is None and audio is None and not structured \
+                and visual is None and audio_vector is None:
+            raise ConfigError("a query needs TEXT, --image or --audio (or a structured query)")
         if k < 1 or k > 1000:
             raise ConfigError(f"-k must be between 1 and 1000, got {k}")
         t_since, w_since = parse_time(since)
         t_until, w_until = parse_time(until)
+        if image is not None:
+            visual = self._embed_image(Path(image))
+        if audio is not None:
+            audio_vector = self._embed_audio(str(audio))
         query = Query(
-            text=text or None,
-            visual=self._embed_image(Path(image)) if image is not None else None,
-            audio=self._embed_audio(str(audio)) if audio is not None else None,
-            source=_source_filter(source),
+            text=text or None, visual=visual, audio=audio_vector, source=_source_filter(source),
             since=t_since, until=t_until, wall_since=w_since, wall_until=w_until, k=k,
-        )
-        return QueryEngine(self.store).answer(query)
+        )  # fmt: skip
+        try:
+            question = question_from_dict(structured) if structured is not None else None
+            answer = self.engine.answer(query, question=question)
+        except QuestionError as e:
+            raise ConfigError(str(e)) from None
+        return self.llm.phrase(text, answer) if self.llm.enabled else answer
+
+    @property
+    def llm(self):
+        """The optional LLM phrasing of answers (``llm`` config section; see pipeline/llm.py)."""
+        from pipeline.llm import LLMPhraser
+
+        if self._llm is None:
+            self._llm = LLMPhraser(self.config.llm)
+        return self._llm
+
+    @property
+    def engine(self):
+        """The :class:`memory.query.QueryEngine` over :attr:`store` (kept between queries)."""
+        from memory.query import QueryEngine
+
+        if self._engine is None or self._engine.store is not self.store:
+            self._engine = QueryEngine(self.store)
+        return self._engine
 
     def query_json(self, *args: Any, keyframe_url=None, **kwargs: Any) -> dict[str, Any]:
         """:meth:`query` in the ``eidetic query --json`` shape (keyframes as absolute paths)."""

@@ -291,14 +291,35 @@ def track(ctx, frames, first_mask, out_dir, preset, config_path, as_json) -> Non
 @click.option("--since", help="ISO 8601 time or seconds of media time.")
 @click.option("--until", help="ISO 8601 time or seconds of media time.")
 @click.option("-k", "k", type=int, default=5, show_default=True, help="Evidence items at most.")
+@click.option("--structured", help='A structured query as JSON instead of TEXT, e.g. \'{"intent": "count", "labels": ["dog"]}\'.')
 @store_opt
+@config_opt
 @json_opt
 @click.pass_context
-def query(ctx, text, image, audio, source, since, until, k, store_dir, as_json) -> None:
-    """Ask the memory a question; prints the answer and its evidence."""
-    app = _run(ctx, lambda: _app(store_dir, None))
-    doc = _run(ctx, lambda: app.query_json(text, image=image, audio=audio, source=source, since=since, until=until, k=k))
+def query(ctx, text, image, audio, source, since, until, k, structured, store_dir, config_path, as_json) -> None:
+    """Ask the memory a question; prints the answer and its evidence.
+
+    TEXT understands when/how many times/how long/what happened before or after X, between two
+    times, "yesterday", "10 minutes ago", "at 14:05", "where was object 3 last seen", "anything
+    like this image" (with --image) or "like episode 12".
+    """
+    app = _run(ctx, lambda: _app(store_dir, config_path))
+    doc = _run(ctx, lambda: app.query_json(text, image=image, audio=audio, source=source, since=since,
+                                           until=until, k=k, structured=_structured(structured)))
     _emit(doc, as_json, _print_answer)
+
+
+def _structured(value: str | None) -> dict[str, Any] | None:
+    """``--structured`` JSON → dict (a usage error when it is not a JSON object)."""
+    if value is None:
+        return None
+    try:
+        doc = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise Failure(EXIT_USAGE, f"--structured is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise Failure(EXIT_USAGE, "--structured must be a JSON object")
+    return doc
 
 
 def _print_answer(doc: dict[str, Any]) -> None:
@@ -326,7 +347,7 @@ def serve(ctx, store_dir, config_path, host, port) -> None:
     from pipeline.serve import run_server
 
     app = _run(ctx, lambda: _app(store_dir, config_path))
-    _run(ctx, lambda: run_server(app.config, host=host, port=port))
+    _run(ctx, lambda: run_server(app.config, host=host, port=port, config_path=config_path))
 
 
 @cli.group()

@@ -242,6 +242,41 @@ class ServeConfig(_Section):
     token: SecretStr | None = Field(
         None, description=f"Bearer token for the API (or set {ENV_TOKEN}); empty: loopback only."
     )
+    max_upload_mb: int = Field(
+        2048, ge=1, le=1_000_000, description="Largest media file accepted by PUT /v1/ingest/upload (MB)."
+    )
+    ingest_roots: tuple[Path, ...] = Field(
+        (), description="POST /v1/ingest only reads files under these folders; empty: any path."
+    )
+    webhooks: tuple[str, ...] = Field(
+        (), description="URLs that receive every event (new episode, trigger, ...) as a JSON POST."
+    )
+    webhook_events: tuple[str, ...] = Field(
+        (), description="Event types sent to webhooks (episode, trigger, sound, forgotten, job, "
+        "source); empty: all."
+    )
+    webhook_token: str | None = Field(
+        None, description="Sent to webhooks as 'Authorization: Bearer ...'; empty: none."
+    )
+    poll_s: float = Field(
+        0.5, gt=0, le=60, description="How often the server looks for new episodes and sounds (s)."
+    )
+
+
+class LLMConfig(_Section):
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1) that phrases "
+        "answers from the evidence; empty: rule-based answers only."
+    )
+    model: str = Field("", description="Model name sent to the endpoint.")
+    api_key_env: str = Field(
+        "EIDETIC_LLM_API_KEY", description="Environment variable holding the endpoint's API key."
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Give up on the LLM after this long and use the rule answer."
+    )
+    max_evidence: int = Field(8, ge=1, le=50, description="Evidence episodes shown to the LLM.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
 
 
 class ServiceConfig(_Section):
@@ -256,6 +291,7 @@ class ServiceConfig(_Section):
     memory: MemoryConfig = MemoryConfig()
     retention: RetentionConfig = RetentionConfig()
     serve: ServeConfig = ServeConfig()
+    llm: LLMConfig = LLMConfig()
 
 
 EXAMPLE_HEADER = """\

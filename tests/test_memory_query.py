@@ -10,6 +10,7 @@ import pytest
 
 from memory.episodes import format_time, summarize
 from memory.query import QueryEngine, answer_to_json
+from memory.questions import QuestionError, question_from_dict
 from memory.store import EpisodeStore
 from memory.types import Answer, Episode, Query, SoundRecord
 
@@ -60,10 +61,15 @@ def ask(engine: QueryEngine, text: str, **kw) -> Answer:
 
 
 def assert_grounded(answer: Answer) -> None:
-    """Every time in the sentence is a start/end time of an episode in the evidence or of a sound
-    heard in one."""
+    """Every time in the sentence is a start/end time of an episode in the evidence, of a sound
+    heard in one or of an object seen in one (an unanswered question only quotes the question)."""
+    if not answer.answered:
+        assert answer.evidence == () and answer.answer.startswith("Nothing in memory"), answer
+        return
     cited = {format_time(t) for h in answer.evidence for t in (h.episode.t_start, h.episode.t_end)}
     cited |= {format_time(s.t_start) for h in answer.evidence for s in h.episode.sounds}
+    cited |= {format_time(t) for h in answer.evidence for o in h.episode.objects
+              for t in (o.t_first, o.t_last)}  # fmt: skip
     assert set(TIME.findall(answer.answer)) <= cited, answer
     ids = {int(i) for i in re.findall(r"episode (\d+)", answer.answer)}
     assert ids <= {h.episode.episode_id for h in answer.evidence}, answer
@@ -126,8 +132,47 @@ def test_absent_things_are_not_answered(engine: QueryEngine) -> None:
 
 def test_hostile_text_never_raises(engine: QueryEngine) -> None:
     for text in ['"glass" OR (', "NEAR(", "*", "'; DROP TABLE episodes; --", "", "?", "after",
-                 "between 1 and", "when did \x00 happen"]:  # fmt: skip
+                 "when did \x00 happen", "object 99999999999999999999"]:  # fmt: skip
         ask(engine, text)
+
+
+def test_malformed_questions_raise_question_errors(engine: QueryEngine) -> None:
+    for text in ("between 1 and", "what happened at 25:99", "anything like this image?",
+                 "anything like episode 999"):  # fmt: skip
+        with pytest.raises(QuestionError):
+            engine.answer(Query(text=text))
+
+
+def test_sound_words_find_their_labels(engine: QueryEngine) -> None:
+    a = ask(engine, "when did the dog bark?")
+    assert a.answered and ids(a) == [7] and a.answer.startswith("dog at 0:03.2")
+    assert ids(ask(engine, "how many times did someone knock, every time")) == KNOCKS
+
+
+def test_structured_question(engine: QueryEngine) -> None:
+    q = question_from_dict({"intent": "count", "labels": ["door_wood_knock"], "since": 12})
+    a = engine.answer(Query(text="knocks since 12 s"), question=q)
+    assert a.answered and "2 times" in a.answer and ids(a) == KNOCKS[1:]
+    q = question_from_dict({"intent": "what", "after": {"episode": GLASS}})
+    assert ids(engine.answer(Query(), question=q))[0] == AFTER_GLASS
+    q = question_from_dict({"intent": "when", "what": "glass", "which": "last"})
+    assert ids(engine.answer(Query(source="cam2"), question=q)) == []
+
+
+def test_like_episode(engine: QueryEngine, store: EpisodeStore) -> None:
+    a = ask(engine, "anything like episode 3?")
+    assert a.answered is False  # random vectors: nothing is similar enough to the glass
+    v = store.get(GLASS).visual + 0.05
+    twin = store.add(make_episode("clapping", 50.0, "cam1", v / np.linalg.norm(v)),
+                     [np.zeros((8, 8, 3), np.uint8)])  # fmt: skip
+    a = ask(engine, "anything like episode 3?")
+    assert a.answered and ids(a) == [twin.episode_id] and a.answer.startswith("Similar: clapping")
+    assert a.evidence[0].score >= engine.min_similarity
+
+
+def test_objects_without_identities_are_not_made_up(engine: QueryEngine) -> None:
+    a = ask(engine, "where was object 1 last seen?")
+    assert a.answered is False and "no object identities" in a.answer and a.evidence == ()
 
 
 def test_search_by_example_vector(engine: QueryEngine, store: EpisodeStore) -> None:

@@ -1,11 +1,19 @@
-"""`eidetic serve` as a real uvicorn process on loopback: query, episodes, keyframes, auth."""
+"""`eidetic serve` as a real uvicorn process on loopback: query, episodes, forget, events,
+webhooks, sources, auth, limits, SIGTERM."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import http.server
+import io
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +23,7 @@ import pytest
 
 from memory.episodes import summarize
 from memory.store import EpisodeStore
-from memory.types import Episode, SoundRecord
+from memory.types import Episode, ObjectRecord, SoundRecord
 
 
 def free_port() -> int:
@@ -24,26 +32,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def store_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serve") / "store"
+def make_episode(label: str, t0: float, source: str = "/media/demo.mp4") -> Episode:
+    sounds = (SoundRecord(label, 0.9, t0, t0 + 1.0),)
+    objects = (ObjectRecord(1, "object", t0 - 0.5, t0 + 1.5, 3, (5.0, 6.0, 30.0, 35.0)),)
+    return Episode(source=source, t_start=t0 - 1, t_end=t0 + 2, labels=(label,),
+                   summary=summarize((label,), sounds, objects), sounds=sounds, objects=objects,
+                   keyframe_times=(t0,))  # fmt: skip
+
+
+def build_store(root: Path) -> Path:
+    from models import registry
+
+    embedder = registry.create(registry.EMBEDDERS, "classical")
     with EpisodeStore(root) as st:
         for label, t0 in [("door_wood_knock", 4.0), ("glass_breaking", 11.0)]:
-            sounds = (SoundRecord(label, 0.9, t0, t0 + 1.0),)
-            ep = Episode(source="/media/demo.mp4", t_start=t0 - 1, t_end=t0 + 2, labels=(label,),
-                         summary=summarize((label,), sounds, ()), sounds=sounds, keyframe_times=(t0,))
-            st.add(ep, [np.full((40, 60, 3), 50 if t0 < 5 else 200, np.uint8)])
+            img = np.zeros((40, 60, 3), np.uint8)
+            img[:, : 30 if t0 < 5 else 50] = (200, 30, 30) if t0 < 5 else (30, 30, 200)
+            ep = dataclasses.replace(make_episode(label, t0), visual=embedder.embed_images([img])[0])
+            st.add(ep, [img])
     return root
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory) -> Path:
+    return build_store(tmp_path_factory.mktemp("serve") / "store")
 
 
 def start(store_dir: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "serve", "--store", str(store_dir), "--port", str(port), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-    )
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "EIDETIC__SERVE__POLL_S": "0.2", **(env or {})},
+    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):  # bounded: at most ~20 s
+    for _ in range(150):  # bounded: at most ~30 s
         if proc.poll() is not None:
             raise AssertionError(proc.stderr.read())
         try:
@@ -55,23 +78,45 @@ def start(store_dir: Path, *args: str, env: dict | None = None) -> tuple[subproc
     raise AssertionError("server did not come up")
 
 
+def stop(proc: subprocess.Popen) -> int:
+    """SIGTERM; returns 0 when the server shut down cleanly (uvicorn re-raises the signal after
+    its graceful shutdown, so the exit status is -SIGTERM) without a traceback."""
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    err = proc.stderr.read()
+    assert "Traceback" not in err, err
+    return 0 if code in (0, -signal.SIGTERM) else code
+
+
 @pytest.fixture(scope="module")
 def server(store_dir):
     proc, base = start(store_dir)
     yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    assert stop(proc) == 0
+
+
+def wait_for(fn, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if got := fn():
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {fn}")
 
 
 def test_query_over_http_matches_cli_shape(server):
     r = httpx.post(server + "/v1/query", json={"text": "when did the glass break?"})
     assert r.status_code == 200
     doc = r.json()
+    assert set(doc) == {"answered", "answer", "evidence"}
     assert doc["answered"] is True and "0:10.0" in doc["answer"]
     (ev,) = doc["evidence"]
-    assert ev["labels"] == ["glass_breaking"]
+    assert ev["labels"] == ["glass_breaking"] and ev["objects"][0]["bbox"] == [5.0, 6.0, 30.0, 35.0]
     kf = httpx.get(server + ev["keyframes"][0])
     assert kf.status_code == 200 and kf.headers["content-type"] == "image/jpeg" and kf.content[:2] == b"\xff\xd8"
+    structured = {"query": {"intent": "count", "labels": ["door_wood_knock"]}}
+    doc = httpx.post(server + "/v1/query", json=structured).json()
+    assert doc["answered"] and "1 time" in doc["answer"]
 
 
 def test_nothing_matches_is_not_answered(server):
@@ -80,22 +125,203 @@ def test_nothing_matches_is_not_answered(server):
 
 
 def test_bad_requests(server):
-    assert httpx.post(server + "/v1/query", json={"text": ""}).status_code == 422
-    assert httpx.post(server + "/v1/query", json={"txt": "x"}).status_code == 422
-    assert httpx.post(server + "/v1/query", content=b"x" * 100_000, headers={"content-type": "application/json"}).status_code == 413
+    def post(path, **kw):
+        return httpx.post(server + path, **kw)
+
+    assert post("/v1/query", json={"text": ""}).status_code == 422
+    assert post("/v1/query", json={"txt": "x"}).status_code == 422
+    assert post("/v1/query", json={}).status_code == 400
+    r = post("/v1/query", json={"text": "what happened between 1 and"})
+    assert r.status_code == 400 and "needs two times" in r.json()["error"]
+    r = post("/v1/query", json={"text": "anything like this image?"})
+    assert r.status_code == 400 and "attach an image" in r.json()["error"]
+    r = post("/v1/query", json={"query": {"intent": "why"}})
+    assert r.status_code == 400 and "intent must be one of" in r.json()["error"]
+    assert post("/v1/query", json={"text": "x", "image": "not base64!"}).status_code == 400
+    assert post("/v1/query", json={"text": "x", "k": 0}).status_code == 422
+    big = {"content-type": "application/json"}
+    assert post("/v1/sources", content=b"x" * 100_000, headers=big).status_code == 413
+    assert post("/v1/query", content=b"x" * (13 << 20), headers=big).status_code == 413
     assert httpx.get(server + "/v1/episodes/999").status_code == 404
     assert httpx.get(server + "/v1/episodes/1/keyframes/7.jpg").status_code == 404
     assert httpx.get(server + "/v1/episodes/1/keyframes/..%2F..%2Feidetic.db.jpg").status_code == 404
+    assert httpx.get(server + "/web/..%2Fserve.py").status_code == 404
+    assert httpx.get(server + "/v1/episodes?since=yesterdayish").status_code == 400
+    assert httpx.get(server + "/v1/episodes?limit=100000").status_code == 422
+    assert httpx.get(server + "/v1/events?types=bogus").status_code == 400
+    r = post("/v1/ingest", json={"sources": ["/no/such/file.mp4"]})
+    assert r.status_code == 400 and "no such file" in r.json()["error"]
+    assert post("/v1/ingest", json={"sources": ["rtsp://cam/x"]}).status_code == 400
+    assert post("/v1/sources", json={"url": "/etc/passwd"}).status_code == 400
+    assert httpx.get(server + "/healthz").json()["ok"] is True  # still serving
 
 
-def test_episodes_metrics_page(server):
-    eps = httpx.get(server + "/v1/episodes").json()["episodes"]
-    assert [e["labels"] for e in eps] == [["glass_breaking"], ["door_wood_knock"]]
-    metrics = httpx.get(server + "/metrics").text
-    assert "eidetic_queries_total" in metrics and "eidetic_store_episodes 2.0" in metrics
+def test_episodes_objects_metrics_page(server):
+    doc = httpx.get(server + "/v1/episodes").json()
+    assert [e["labels"] for e in doc["episodes"]] == [["glass_breaking"], ["door_wood_knock"]]
+    assert doc["total"] == 2
+    one = httpx.get(server + "/v1/episodes?label=door_wood_knock&order=asc").json()
+    assert [e["episode_id"] for e in one["episodes"]] == [1] and one["total"] == 1
+    assert httpx.get(server + "/v1/episodes?q=glass").json()["total"] == 1
+    assert httpx.get(server + "/v1/episodes?since=9").json()["total"] == 1
+    ep = httpx.get(server + "/v1/episodes/2").json()
+    assert ep["sounds"][0]["label"] == "glass_breaking" and ep["keyframe_times"] == [11.0]
+    assert ep["objects"][0]["t_last"] == 12.5 and ep["clip"] is None
+    objs = httpx.get(server + "/v1/objects").json()["objects"]
+    assert objs[0]["label"] == "object" and objs[0]["episodes"] == 2
+    timeline = httpx.get(server + "/v1/objects/object").json()["sightings"]
+    assert [e["episode_id"] for e in timeline] == [2, 1]
+    sources = httpx.get(server + "/v1/sources").json()
+    assert sources["stored"] == [{"source": "/media/demo.mp4", "episodes": 2, "last_episode": 2}]
+    metrics = wait_for(lambda: (m := httpx.get(server + "/metrics").text) and
+                       "eidetic_store_episodes 2.0" in m and m)  # fmt: skip
+    for name in ("eidetic_queries_total", "eidetic_query_seconds_bucket", "eidetic_store_bytes",
+                 'eidetic_source_episodes{source="/media/demo.mp4"} 2.0', "eidetic_ingest_queue_depth",
+                 "eidetic_http_request_seconds_bucket"):  # fmt: skip
+        assert name in metrics, name
     page = httpx.get(server + "/")
     assert page.status_code == 200 and "<form" in page.text
+    assert httpx.get(server + "/web/app.js").headers["content-type"].startswith("text/javascript")
     assert httpx.get(server + "/openapi.json").json()["info"]["title"] == "Eidetic"
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Hook.received.append((self.headers.get("Authorization"), json.loads(body)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def read_events(base: str, out: list, ready: threading.Event, params: str = "") -> None:
+    with httpx.stream("GET", base + "/v1/events" + params, timeout=60) as r:
+        ready.set()
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                out.append((event, json.loads(line[6:])))
+
+
+def test_events_webhooks_forget_and_sigterm(tmp_path):
+    """New episodes and trigger sounds written by another process reach the SSE stream and the
+    webhook; DELETE forgets; SIGTERM ends the open stream and the server exits 0."""
+    root = build_store(tmp_path / "store")
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+    env = {"EIDETIC__SERVE__WEBHOOKS": json.dumps([url]), "EIDETIC__SERVE__WEBHOOK_TOKEN": "hooktok",
+           "EIDETIC__SERVE__WEBHOOK_EVENTS": '["episode", "forgotten"]'}  # fmt: skip
+    proc, base = start(root, env=env)
+    try:
+        events: list = []
+        ready = threading.Event()
+        reader = threading.Thread(target=read_events, args=(base, events, ready), daemon=True)
+        reader.start()
+        assert ready.wait(10)
+        time.sleep(0.5)  # the watcher has seen the current rows
+        with EpisodeStore(root) as st:
+            st.add(make_episode("can_opening", 30.0), [np.zeros((20, 20, 3), np.uint8)])
+            st.add_sounds("/media/demo.mp4", [SoundRecord("can_opening", 0.8, 30.0, 30.5),
+                                              SoundRecord("dog", 0.7, 31.0, 31.5)])  # fmt: skip
+        got = wait_for(lambda: {e for e, _ in events} >= {"episode", "trigger", "sound"} and events)
+        ep = next(d for e, d in got if e == "episode")
+        assert ep["episode_id"] == 3 and ep["labels"] == ["can_opening"]
+        assert next(d for e, d in got if e == "trigger")["label"] == "can_opening"
+        assert next(d for e, d in got if e == "sound")["label"] == "dog"
+        r = httpx.delete(base + "/v1/episodes/3")
+        assert r.status_code == 200 and r.json() == {"forgotten": 3}
+        assert httpx.get(base + "/v1/episodes/3").status_code == 404
+        assert httpx.delete(base + "/v1/episodes/3").status_code == 404
+        assert not (root / "keyframes" / "3").exists()
+        assert not httpx.post(base + "/v1/query", json={"text": "when was the can opened"}).json()["answered"]
+        wait_for(lambda: any(e == "forgotten" for e, _ in events))
+        hooks = wait_for(lambda: len(Hook.received) >= 2 and Hook.received)
+        assert [d["type"] for _, d in hooks] == ["episode", "forgotten"]
+        assert all(auth == "Bearer hooktok" for auth, _ in hooks)
+        with EpisodeStore(root):  # an ingest holds the writer: forget answers 409, nothing lost
+            r = httpx.delete(base + "/v1/episodes/1")
+            assert r.status_code == 409 and "already open for writing" in r.json()["error"]
+    finally:
+        t0 = time.monotonic()
+        code = stop(proc)
+        hook.shutdown()
+    assert code == 0 and time.monotonic() - t0 < 15  # the open event stream did not hold it up
+    reader.join(timeout=5)
+    assert not reader.is_alive()
+
+
+def test_live_sources_persist_and_report_status(tmp_path):
+    root = build_store(tmp_path / "store")
+    proc, base = start(root)
+    try:
+        r = httpx.post(base + "/v1/sources", json={"url": "rtsp://127.0.0.1:9/cam", "name": "door"})
+        assert r.status_code == 201 and r.json()["name"] == "door"
+        assert httpx.post(base + "/v1/sources", json={"url": "rtsp://x/y", "name": "door"}).status_code == 400
+        assert httpx.post(base + "/v1/sources", json={"url": "rtsp://x/y", "name": "../x"}).status_code == 400
+        httpx.post(base + "/v1/sources", json={"url": "v4l2:/dev/video0", "name": "webcam"})
+        live = wait_for(lambda: (s := httpx.get(base + "/v1/sources").json()["live"]) and
+                        {x["name"]: x for x in s}["door"]["state"] == "error" and s, timeout=60)  # fmt: skip
+        by_name = {x["name"]: x for x in live}
+        assert "rtsp://127.0.0.1:9/cam" in by_name["door"]["error"]
+        assert by_name["webcam"]["state"] == "unsupported"
+    finally:
+        assert stop(proc) == 0
+    proc, base = start(root)
+    try:
+        names = [s["name"] for s in httpx.get(base + "/v1/sources").json()["live"]]
+        assert names == ["door", "webcam"]  # persisted across the restart
+        assert httpx.delete(base + "/v1/sources/door").json()["state"] == "removed"
+        assert httpx.delete(base + "/v1/sources/door").status_code == 404
+        assert [s["name"] for s in httpx.get(base + "/v1/sources").json()["live"]] == ["webcam"]
+    finally:
+        assert stop(proc) == 0
+    assert json.loads((root / "sources.json").read_text())[0]["name"] == "webcam"
+
+
+@pytest.mark.slow
+def test_ingest_jobs_end_to_end(tmp_path, tiny_video):
+    """Submit a real video (through the real pipeline) and a bad upload; poll to completion."""
+    root = tmp_path / "empty-store"  # the server creates it
+    proc, base = start(root)
+    try:
+        events: list = []
+        ready = threading.Event()
+        threading.Thread(target=read_events, args=(base, events, ready, "?types=episode,job"),
+                         daemon=True).start()  # fmt: skip
+        assert ready.wait(10)
+        r = httpx.put(base + "/v1/ingest/upload?filename=../../evil name.mp4", content=b"not media")
+        assert r.status_code == 202
+        bad = r.json()["job_id"]
+        assert Path(r.json()["sources"][0]).parent == (root / "uploads").resolve()
+        assert Path(r.json()["sources"][0]).name.endswith("-evil_name.mp4")
+        good = httpx.post(base + "/v1/ingest", json={"sources": [str(tiny_video)]}).json()["job_id"]
+        assert httpx.put(base + "/v1/ingest/upload?filename=x.mp4", content=b"").status_code == 400
+
+        def finished(job_id: str):
+            doc = httpx.get(f"{base}/v1/ingest/{job_id}").json()
+            return doc if doc["state"] not in ("queued", "running") else None
+
+        doc = wait_for(lambda: finished(bad), timeout=120)
+        assert doc["state"] == "done" and doc["report"]["sources"][0]["error"]
+        doc = wait_for(lambda: finished(good), timeout=240)
+        assert doc["state"] == "done" and doc["report"]["episodes_total"] >= 1, doc
+        eps = httpx.get(base + "/v1/episodes").json()
+        assert eps["total"] == doc["report"]["episodes_total"]
+        wait_for(lambda: any(e == "episode" for e, _ in events))
+        assert {d["state"] for e, d in events if e == "job"} >= {"queued", "running", "done"}
+        assert httpx.get(base + "/v1/ingest").json()["queued"] == 0
+        assert 'eidetic_source_fps{source="' in httpx.get(base + "/metrics").text
+    finally:
+        assert stop(proc) == 0
+    jobs = json.loads((root / "jobs.json").read_text())
+    assert {j["job_id"]: j["state"] for j in jobs} == {bad: "done", good: "done"}
 
 
 def test_token_required_when_configured(store_dir):
@@ -106,9 +332,13 @@ def test_token_required_when_configured(store_dir):
         ok = httpx.post(base + "/v1/query", json={"text": "what happened"}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["answered"] is True
         assert httpx.get(base + "/v1/episodes", headers={"Authorization": "Bearer nope"}).status_code == 401
+        for path in ("/metrics", "/v1/events", "/v1/sources", "/v1/objects", "/v1/ingest"):
+            assert httpx.get(base + path).status_code == 401, path
+        assert httpx.delete(base + "/v1/episodes/1").status_code == 401
+        kf = httpx.get(base + "/v1/episodes/1/keyframes/0.jpg?token=s3cret")  # how the page loads images
+        assert kf.status_code == 200
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        assert stop(proc) == 0
 
 
 def test_refuses_public_bind_without_token(store_dir):
@@ -117,3 +347,16 @@ def test_refuses_public_bind_without_token(store_dir):
         capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "EIDETIC_API_TOKEN"},
     )
     assert r.returncode == 2 and "without an API token" in r.stderr
+
+
+def test_query_by_example_image(server, store_dir):
+    from PIL import Image
+
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, :50] = (30, 30, 200)  # the glass episode's keyframe
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    body = {"text": "anything like this image?", "image": base64.b64encode(buf.getvalue()).decode()}
+    doc = httpx.post(server + "/v1/query", json=body, timeout=60).json()
+    assert doc["answered"] and doc["evidence"][0]["episode_id"] == 2
+    assert doc["evidence"][0]["score"] > 0.9 and doc["answer"].startswith("Similar: glass_breaking")

@@ -1,0 +1,194 @@
+"""Rule-based temporal reasoning over retrieved candidates → an answer sentence with evidence.
+
+Input: the parsed :class:`Question` and a :class:`Where` of candidate episodes (filters, words,
+anchor, objects, examples already applied). Output: an :class:`Answer` whose every time and
+episode id is read from an episode cited in its evidence; nothing is invented.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import PurePath
+from typing import TYPE_CHECKING
+
+from memory.episodes import format_time
+from memory.questions import Intent, Question
+from memory.retrieval import Ref, Where, concept, count, ranked_by_text, refs, sightings
+from memory.text import tokenize
+from memory.types import Answer, Episode, EpisodeHit, ObjectRecord
+
+if TYPE_CHECKING:
+    from memory.reader import StoreReader
+
+logger = logging.getLogger(__name__)
+
+MAX_EVIDENCE = 100  # evidence items returned for a count
+
+
+def describe(ep: Episode) -> str:
+    """``"glass_breaking at 0:04.2 (episode 2: 0:03.2–0:06.0 on cam1)"`` (+ UTC for live sources).
+
+    The first time is when the episode's first sound began (absent without sounds), the span is
+    the episode's (pre- and post-roll included); file sources are named by their file name.
+    """
+    what = ", ".join(ep.labels) or "activity"
+    heard = f" at {format_time(min(s.t_start for s in ep.sounds))}" if ep.sounds else ""
+    wall = ""
+    if ep.wall_start is not None:
+        utc = datetime.fromtimestamp(ep.wall_start, tz=timezone.utc)
+        wall = f", {utc:%Y-%m-%d %H:%M:%S} UTC"
+    source = ep.source if "://" in ep.source else PurePath(ep.source).name
+    span = f"{format_time(ep.t_start)}–{format_time(ep.t_end)}"
+    return f"{what}{heard} (episode {ep.episode_id}: {span} on {source}{wall})"
+
+
+def topic(eps: Sequence[Episode], words: Sequence[str]) -> str:
+    """The label of ``eps`` that the question's ``words`` name most often (or the words)."""
+    alts = {a for w in words for a in concept(w)}
+    counts: Counter[str] = Counter()
+    for ep in eps:
+        for label in ep.labels:
+            toks = tokenize(label)
+            if any(t.startswith(w) or w.startswith(t) for t in toks for w in alts):
+                counts[label] += 1
+    return counts.most_common(1)[0][0] if counts else (" ".join(words) or "episodes")
+
+
+def listed(eps: Sequence[Episode], k: int, total: int | None = None) -> str:
+    """``describe`` of the first ``k`` episodes, "; "-separated, with "and N more"."""
+    total = len(eps) if total is None else total
+    text = "; ".join(describe(ep) for ep in eps[:k])
+    shown = min(k, len(eps))
+    return text + (f"; and {total - shown} more" if total > shown else "")
+
+
+def nothing(what: str | None) -> Answer:
+    subject = repr(what) if what else "the example"
+    return Answer(False, f"Nothing in memory matches {subject}.", ())
+
+
+class Reasoner:
+    """Applies a question's temporal logic to candidate episodes of ``store``."""
+
+    def __init__(self, store: StoreReader) -> None:
+        self.store = store
+
+    def _episodes(self, rs: Sequence[Ref]) -> list[Episode]:
+        return self.store.get_many([r.episode_id for r in rs])
+
+    def answer(
+        self,
+        q: Question,
+        k: int,
+        cand: Where,
+        anchor: Ref | None,
+        scores: dict[int, float],
+        text: str | None,
+    ) -> Answer:
+        """The answer to ``q`` over the candidates ``cand`` (``scores``: example similarity)."""
+        anchor_ep = self._episodes([anchor])[0] if anchor is not None else None
+        rel = f" ({q.relation} {describe(anchor_ep)})" if anchor_ep is not None else ""
+
+        def cite(chosen: Sequence[Episode], score: dict[int, float] | None = None) -> tuple:
+            hits = [EpisodeHit(ep, (score or scores).get(ep.episode_id, 1.0)) for ep in chosen]
+            return tuple(hits + ([EpisodeHit(anchor_ep, 0.0)] if anchor_ep is not None else []))
+
+        if q.intent is Intent.WHAT or q.intent is Intent.SIMILAR:
+            chosen, score, total = self._what(q, k, cand, anchor, scores)
+            if not chosen:
+                return self._empty(q, anchor_ep, text)
+            if anchor_ep is not None:
+                head = "After" if q.relation == "after" else "Before"
+                return Answer(True, f"{head} {describe(anchor_ep)}: {listed(chosen, k)}.",
+                              cite(chosen, score))  # fmt: skip
+            more = f" ({total} matching in all)" if total > len(chosen) else ""
+            prefix = "Similar: " if q.intent is Intent.SIMILAR else ""
+            return Answer(True, f"{prefix}{listed(chosen, k)}{more}.", cite(chosen, score))
+        if q.intent is Intent.COUNT:
+            n = count(self.store, cand)
+            if n == 0:
+                return self._empty(q, anchor_ep, text)
+            chrono = self._episodes(refs(self.store, cand, order="asc", limit=MAX_EVIDENCE))
+            noun = "time" if n == 1 else "times"
+            what = topic(chrono, q.keywords) if q.keywords or q.labels else "episodes"
+            return Answer(True, f"{what}: {n} {noun}{rel}: {listed(chrono, k, n)}.", cite(chrono))
+        chosen, total = self._when(q, k, cand, anchor)
+        if not chosen:
+            return self._empty(q, anchor_ep, text)
+        if q.intent is Intent.DURATION:
+            what = topic(chosen, q.keywords)
+            parts = [f"{what} lasted {ep.t_end - ep.t_start:.1f} s ({describe(ep)})"
+                     for ep in chosen]  # fmt: skip
+            return Answer(True, "; ".join(parts) + rel + ".", cite(chosen))
+        if q.intent is Intent.SEEN:
+            parts = [self._seen(q, ep) for ep in chosen]
+            return Answer(True, "; ".join(parts) + rel + ".", cite(chosen))
+        prefix = "Yes: " if q.intent is Intent.YESNO else ""
+        return Answer(True, f"{prefix}{listed(chosen, k, total)}{rel}.", cite(chosen))
+
+    def _empty(self, q: Question, anchor_ep: Episode | None, text: str | None) -> Answer:
+        if anchor_ep is None:
+            return nothing(text)
+        return Answer(True, f"Nothing is remembered {q.relation} {describe(anchor_ep)}.",
+                      (EpisodeHit(anchor_ep, 1.0),))  # fmt: skip
+
+    def _when(
+        self, q: Question, k: int, cand: Where, anchor: Ref | None
+    ) -> tuple[list[Episode], int]:
+        """first / last / nearest after or before the anchor / the first ``k`` (chronological)."""
+        after = q.relation == "after"
+        if q.which == "first" or (q.which is None and q.relation and after):
+            return self._episodes(refs(self.store, cand, order="asc", limit=1)), 1
+        if q.which == "last" or (q.which is None and q.relation and not after):
+            return self._episodes(refs(self.store, cand, order="desc", limit=1)), 1
+        chosen = self._episodes(refs(self.store, cand, order="asc", limit=k))
+        total = count(self.store, cand) if len(chosen) >= k else len(chosen)
+        return chosen, total
+
+    def _what(
+        self, q: Question, k: int, cand: Where, anchor: Ref | None, scores: dict[int, float]
+    ) -> tuple[list[Episode], dict[int, float], int]:
+        """Episodes for "what happened ...": nearest the anchor, most similar, most relevant to
+        the words, in the time window, or the most recent."""
+        if anchor is not None:
+            order = "asc" if q.relation == "after" else "desc"
+            return self._episodes(refs(self.store, cand, order=order, limit=k)), {}, 0
+        if scores:
+            ids = [r.episode_id for r in refs(self.store, cand, limit=len(scores))]
+            ranked = sorted(ids, key=lambda i: (-scores[i], i))
+            return self.store.get_many(ranked[:k]), scores, len(ranked)
+        total = count(self.store, cand)
+        if q.keywords and q.span is None and not q.relation:
+            hits = ranked_by_text(self.store, q.keywords, cand, limit=k)
+            return self.store.get_many([i for i, _ in hits]), dict(hits), total
+        windowed = q.span is not None or q.relation is not None
+        chosen = refs(self.store, cand, order="asc" if windowed else "desc", limit=k)
+        return self._episodes(chosen), {}, total
+
+    def _seen(self, q: Question, ep: Episode) -> str:
+        """ "object 3 (person) was last seen 0:12.0–0:14.5 at box [..] (episode 7: ...)"."""
+        obj = self._object_in(q, ep)
+        if obj is None:
+            return f"last seen in {describe(ep)}"
+        name = q.object_name or (f"object {q.object_id}" if q.object_id is not None else None)
+        label = obj.label or "object"
+        who = f"{name} ({label})" if name else label
+        box = ", ".join(f"{v:.0f}" for v in obj.bbox)
+        return (f"{who} was last seen {format_time(obj.t_first)}–{format_time(obj.t_last)} "
+                f"at box [{box}] px in {describe(ep)}")  # fmt: skip
+
+    def _object_in(self, q: Question, ep: Episode) -> ObjectRecord | None:
+        if not ep.objects:
+            return None
+        if q.object_id is not None or q.object_name:
+            oid = q.object_id
+            track = sightings(self.store, oid, [ep.episode_id]).get(ep.episode_id) if oid else None
+            found = [o for o in ep.objects if o.track_id == track]
+            if found:
+                return found[0]
+        alts = {a for w in q.keywords for a in concept(w)}
+        named = [o for o in ep.objects if set(tokenize(o.label)) & alts]
+        return max(named or ep.objects, key=lambda o: o.t_last)
