@@ -26,16 +26,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_EVIDENCE = 100  # evidence items returned for a count
+# the episode's first sound began inside it (not a sound continuing from the previous window)
+STARTS_HERE = ("COALESCE((SELECT MIN(json_extract(s.value, '$.t_start')) FROM json_each(e.sounds) s),"
+               " e.t_start) >= e.t_start")  # fmt: skip
 
 
-def describe(ep: Episode) -> str:
+def matches(label: str, words: Sequence[str]) -> bool:
+    """Does a label (``glass_breaking``) name what ``words`` ask about (concepts, prefixes)?"""
+    alts = {a for w in words for a in concept(w)}
+    return any(t.startswith(a) or a.startswith(t) for t in tokenize(label) for a in alts)
+
+
+def describe(ep: Episode, words: Sequence[str] = ()) -> str:
     """``"glass_breaking at 0:04.2 (episode 2: 0:03.2–0:06.0 on cam1)"`` (+ UTC for live sources).
 
-    The first time is when the episode's first sound began (absent without sounds), the span is
-    the episode's (pre- and post-roll included); file sources are named by their file name.
+    The first time is when the episode's first sound the question's ``words`` name began (else
+    its first sound; absent without sounds), the span is the episode's (pre- and post-roll
+    included); file sources are named by their file name.
     """
     what = ", ".join(ep.labels) or "activity"
-    heard = f" at {format_time(min(s.t_start for s in ep.sounds))}" if ep.sounds else ""
+    named = [s for s in ep.sounds if words and matches(s.label, words)] or ep.sounds
+    heard = f" at {format_time(min(s.t_start for s in named))}" if named else ""
     wall = ""
     if ep.wall_start is not None:
         utc = datetime.fromtimestamp(ep.wall_start, tz=timezone.utc)
@@ -47,22 +58,27 @@ def describe(ep: Episode) -> str:
 
 def topic(eps: Sequence[Episode], words: Sequence[str]) -> str:
     """The label of ``eps`` that the question's ``words`` name most often (or the words)."""
-    alts = {a for w in words for a in concept(w)}
     counts: Counter[str] = Counter()
     for ep in eps:
         for label in ep.labels:
-            toks = tokenize(label)
-            if any(t.startswith(w) or w.startswith(t) for t in toks for w in alts):
+            if matches(label, words):
                 counts[label] += 1
     return counts.most_common(1)[0][0] if counts else (" ".join(words) or "episodes")
 
 
-def listed(eps: Sequence[Episode], k: int, total: int | None = None) -> str:
+def listed(
+    eps: Sequence[Episode], k: int, total: int | None = None, words: Sequence[str] = ()
+) -> str:
     """``describe`` of the first ``k`` episodes, "; "-separated, with "and N more"."""
     total = len(eps) if total is None else total
-    text = "; ".join(describe(ep) for ep in eps[:k])
+    text = "; ".join(describe(ep, words) for ep in eps[:k])
     shown = min(k, len(eps))
     return text + (f"; and {total - shown} more" if total > shown else "")
+
+
+def _words(q: Question) -> tuple[str, ...]:
+    """The words naming what is asked about (a structured query's labels count too)."""
+    return q.keywords or tuple(w for label in q.labels for w in tokenize(label))
 
 
 def nothing(what: str | None) -> Answer:
@@ -107,14 +123,16 @@ class Reasoner:
             more = f" ({total} matching in all)" if total > len(chosen) else ""
             prefix = "Similar: " if q.intent is Intent.SIMILAR else ""
             return Answer(True, f"{prefix}{listed(chosen, k)}{more}.", cite(chosen, score))
+        words = _words(q)
         if q.intent is Intent.COUNT:
-            n = count(self.store, cand)
+            found, n = self._occurrences(cand, words)
             if n == 0:
                 return self._empty(q, anchor_ep, text)
-            chrono = self._episodes(refs(self.store, cand, order="asc", limit=MAX_EVIDENCE))
+            chrono = self._episodes(found[:MAX_EVIDENCE])
             noun = "time" if n == 1 else "times"
-            what = topic(chrono, q.keywords) if q.keywords or q.labels else "episodes"
-            return Answer(True, f"{what}: {n} {noun}{rel}: {listed(chrono, k, n)}.", cite(chrono))
+            what = topic(chrono, words) if words else "episodes"
+            sentence = f"{what}: {n} {noun}{rel}: {listed(chrono, k, n, words)}."
+            return Answer(True, sentence, cite(chrono))
         chosen, total = self._when(q, k, cand, anchor)
         if not chosen:
             return self._empty(q, anchor_ep, text)
@@ -127,7 +145,7 @@ class Reasoner:
             parts = [self._seen(q, ep) for ep in chosen]
             return Answer(True, "; ".join(parts) + rel + ".", cite(chosen))
         prefix = "Yes: " if q.intent is Intent.YESNO else ""
-        return Answer(True, f"{prefix}{listed(chosen, k, total)}{rel}.", cite(chosen))
+        return Answer(True, f"{prefix}{listed(chosen, k, total, words)}{rel}.", cite(chosen))
 
     def _empty(self, q: Question, anchor_ep: Episode | None, text: str | None) -> Answer:
         if anchor_ep is None:
@@ -144,9 +162,18 @@ class Reasoner:
             return self._episodes(refs(self.store, cand, order="asc", limit=1)), 1
         if q.which == "last" or (q.which is None and q.relation and not after):
             return self._episodes(refs(self.store, cand, order="desc", limit=1)), 1
-        chosen = self._episodes(refs(self.store, cand, order="asc", limit=k))
-        total = count(self.store, cand) if len(chosen) >= k else len(chosen)
-        return chosen, total
+        found, total = self._occurrences(cand, _words(q))
+        return self._episodes(found[:k]), total
+
+    def _occurrences(self, cand: Where, words: Sequence[str]) -> tuple[list[Ref], int]:
+        """Matching episodes in time order, one per happening, and how many happenings.
+
+        A sound split over two capture windows is one happening: an episode whose first sound
+        began before the episode itself (the rest of the previous window's sound) is not counted
+        again (its sound is cited by the previous episode).
+        """
+        where = cand.copy().add(STARTS_HERE)
+        return refs(self.store, where, order="asc", limit=MAX_EVIDENCE), count(self.store, where)
 
     def _what(
         self, q: Question, k: int, cand: Where, anchor: Ref | None, scores: dict[int, float]

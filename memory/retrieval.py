@@ -149,13 +149,24 @@ class Where:
         """Strictly after (before) ``anchor`` on its clock: wall time, else its own media clock."""
         op = ">" if relation == "after" else "<"
         self.only = "wall" if anchor.wall_start is not None else "file"
+        if relation == "after":
+            self.not_continuing(anchor)
         if anchor.wall_start is not None:
             return self.add(f"e.wall_start IS NOT NULL AND (e.wall_start {op} ? OR "
                             f"(e.wall_start = ? AND e.id {op} ?))",
                             anchor.wall_start, anchor.wall_start, anchor.episode_id)  # fmt: skip
-        return self.add(f"e.source = ? AND e.wall_start IS NULL AND (e.t_start {op} ? OR "
-                        f"(e.t_start = ? AND e.id {op} ?))",
-                        anchor.source, anchor.t_start, anchor.t_start, anchor.episode_id)  # fmt: skip
+        self.add(f"e.source = ? AND e.wall_start IS NULL AND (e.t_start {op} ? OR "
+                 f"(e.t_start = ? AND e.id {op} ?))",
+                 anchor.source, anchor.t_start, anchor.t_start, anchor.episode_id)  # fmt: skip
+        return self
+
+    def not_continuing(self, anchor: Ref) -> Where:
+        """Drop episodes of ``anchor``'s source whose first sound began before the anchor ended:
+        the same happening, split over two capture windows, not what came after it."""
+        return self.add(
+            "NOT (e.source = ? AND COALESCE((SELECT MIN(json_extract(s.value, '$.t_start')) "
+            "FROM json_each(e.sounds) s), e.t_start) < ?)", anchor.source, anchor.t_end
+        )  # fmt: skip
 
     def on_clock(self, live: bool) -> tuple[str, list[Any]]:
         """SQL and parameters for live episodes only (``live``) or file episodes only."""
@@ -231,6 +242,16 @@ def refs(
         out += [_ref(r) for r in _rows(store, sql, [*params, n])]
     out.sort(key=lambda r: r.key, reverse=order == "desc")
     return out[int(offset) : n]
+
+
+def sounds_of(store: StoreReader, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
+    """episode_id → its sounds as (label, t_start), without decoding the rest of the episode."""
+    sql = ("SELECT e.id, json_extract(s.value, '$.label'), json_extract(s.value, '$.t_start') "
+           "FROM episodes e, json_each(e.sounds) s WHERE e.id IN (SELECT value FROM json_each(?))")  # fmt: skip
+    out: dict[int, list[tuple[str, float]]] = {int(i): [] for i in ids}
+    for r in _rows(store, sql, [json.dumps([int(i) for i in ids])]):
+        out[int(r[0])].append((str(r[1]), float(r[2])))
+    return out
 
 
 def refs_of(store: StoreReader, ids: Sequence[int]) -> list[Ref]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -207,3 +208,24 @@ def test_readonly_engine_sees_new_episodes(store: EpisodeStore) -> None:
         store.add(make_episode("cat_sneeze", 40.0, "cam1", v), [np.zeros((8, 8, 3), np.uint8)])
         a = engine.answer(Query(text="when did the cat sneeze"))
         assert a.answered and "0:40.0" in a.answer
+
+
+def test_a_sound_split_over_two_windows_is_one_happening(tmp_path: Path) -> None:
+    """A long clap captured in two windows (the second episode's sound began in the first) counts
+    once, and is not "what happened after" itself; times stated are the asked sound's onset."""
+    clap = SoundRecord("clapping", 0.9, 50.5, 56.0)
+    dog = SoundRecord("dog", 0.8, 51.0, 51.5)
+    eps = [
+        Episode("cam", 50.0, 53.0, ("dog", "clapping"), summarize(("clapping",), (dog, clap), ()), (dog, clap)),
+        Episode("cam", 53.5, 56.5, ("clapping",), summarize(("clapping",), (clap,), ()), (clap,)),
+        dataclasses.replace(make_episode("glass_breaking", 60.0, "cam", None), keyframe_times=()),
+    ]  # fmt: skip
+    with EpisodeStore(tmp_path / "s") as st:
+        for ep in eps:
+            st.add(ep)
+        engine = QueryEngine(st)
+        a = ask(engine, "how many times did someone clap?")
+        assert "clapping: 1 time" in a.answer and ids(a) == [1]
+        assert "dog, clapping at 0:50.5" in a.answer  # the clap's onset, not the dog's
+        assert ids(ask(engine, "when did someone clap?")) == [1]
+        assert ids(ask(engine, "what happened after the clapping?"))[0] == 3
