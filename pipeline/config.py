@@ -136,10 +136,12 @@ class TriggerConfig(_Section):
         "trigger).",
     )
     threshold: float = Field(
-        0.5, gt=0, le=1, description="Class probability that triggers (per-class default)."
+        0.4, gt=0, le=1, description="Class probability that triggers (per-class default)."
     )
     class_thresholds: dict[str, float] = Field(
-        {}, description="Per-class thresholds, e.g. {glass_breaking: 0.3}."
+        {"drinking_sipping": 0.7, "toilet_flush": 0.7, "brushing_teeth": 0.7},
+        description="Per-class thresholds (the defaults: classes the shipped CNN often hears in "
+        "running water, engines and ticking clocks; tuned on ESC-50 validation soundscapes).",
     )
     interaction_threshold: float = Field(
         0.5, gt=0, le=2,
@@ -151,7 +153,13 @@ class TriggerConfig(_Section):
         "evidence reaches (1 - hysteresis) of their threshold.",
     )
     refractory_s: float = Field(
-        1.0, ge=0, le=60, description="Sounds this close (s) to a trigger's last sound join it."
+        2.0, ge=0, le=60, description="Sounds this close (s) to a trigger's last sound join it."
+    )
+    class_background_s: float = Field(
+        20.0, ge=0, le=600,
+        description="Classifier scores count by how much they exceed their median over this "
+        "many seconds of past patches (a room whose rain reads as pouring water does not "
+        "trigger all along); 0: raw scores.",
     )
     max_capture_fraction: float = Field(
         0.8, gt=0, le=1, description="Most of any rate_window_s that triggers may capture."
@@ -162,10 +170,10 @@ class TriggerConfig(_Section):
         description="Video without audio: frames per second compared by the visual-change trigger.",
     )
     k_mad: float = Field(
-        5.0, gt=0, le=50, description="Threshold = background median + k * MAD of frame dB."
+        4.0, gt=0, le=50, description="Threshold = background median + k * MAD of frame dB."
     )
     min_rise_db: float = Field(
-        8.0, ge=0, le=80, description="A sound must be at least this many dB over background."
+        6.0, ge=0, le=80, description="A sound must be at least this many dB over background."
     )
     floor_dbfs: float = Field(
         -55.0, ge=-120, le=0, description="Frames quieter than this never trigger (dBFS)."
@@ -173,8 +181,8 @@ class TriggerConfig(_Section):
     background_s: float = Field(4.0, gt=0, le=120, description="Running background length (s).")
     min_event_s: float = Field(0.08, ge=0, le=10, description="Shorter sounds are ignored (s).")
     merge_gap_s: float = Field(0.4, ge=0, le=10, description="Sounds closer than this merge (s).")
-    pre_roll_s: float = Field(0.5, ge=0, le=60, description="Capture starts this long before (s).")
-    post_roll_s: float = Field(0.5, ge=0, le=60, description="Capture ends this long after (s).")
+    pre_roll_s: float = Field(0.25, ge=0, le=60, description="Capture starts this long before (s).")
+    post_roll_s: float = Field(0.25, ge=0, le=60, description="Capture ends this long after (s).")
     max_capture_s: float | None = Field(
         3.0, gt=0, le=3600,
         description="A trigger captures at most this long from its start (s); empty: all of it.",

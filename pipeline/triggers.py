@@ -112,6 +112,8 @@ LABEL_MIN = 0.3  # a sound that does not trigger keeps its class label only if t
 RING_FRAMES = 400  # log-mel frames kept for classification (4 s)
 SCAN_BATCH = 4  # patches classified together while no gate sound waits for them (speed)
 SCAN_GAP = 1  # a scan-found sound ends after this many patches without trigger evidence
+BG_MIN_PATCHES = 4  # the classifier's running background is used once this many patches are known
+EVIDENCE_TAIL_S = 0.72  # a kept sound is captured at least this far into its last evidence patch
 
 
 class _MelRing:
@@ -182,6 +184,7 @@ class _Sound:
     accepted: bool = False
     final: bool = False
     misses: int = 0  # scan sounds: patches without evidence since the last with
+    ev_last: float | None = None  # start (s) of its last patch of trigger evidence
 
 
 @dataclass(slots=True)
@@ -219,8 +222,10 @@ class TriggerPolicy:
     stays under ``max_capture_fraction`` of it). Otherwise END has ``accepted=False`` and its
     window is dropped. Hysteresis: once a trigger is accepted, its other sounds extend its span
     if their evidence reaches ``1 - hysteresis`` of their threshold (a fading series of knocks
-    or steps is captured whole). Every sound heard is kept in :attr:`events` with its label,
-    whether it triggered or not.
+    or steps is captured whole). Each kept sound is captured from its onset to its end or, if
+    later, ``EVIDENCE_TAIL_S`` into its last patch of trigger evidence, at most
+    ``max_capture_s``, plus the rolls. Every sound heard is kept in :attr:`events` with its
+    label and the span the gate (or the scan) heard, whether it triggered or not.
 
     Without a classifier (``detector: energy``) every gate sound is accepted as ``"sound"``.
 
@@ -255,6 +260,11 @@ class TriggerPolicy:
     max_capture_s : float or None
         Seconds of each accepted sound captured from its start (None: all of it): a long sound
         needs its start seen, not all of it.
+    class_background_s : float
+        Length (s) of the classifier's running background (0: none). A patch's trigger-class
+        probabilities and interaction score count as evidence only by how much they exceed their
+        median over the patches of the last ``class_background_s`` seconds: ``(p - m) / (1 - m)``
+        (a room whose rain reads as "pouring water" all along does not trigger, a pour does).
     """
 
     def __init__(
@@ -276,12 +286,13 @@ class TriggerPolicy:
         post_roll_s: float = 1.0,
         max_window_s: float = 20.0,
         max_capture_s: float | None = None,
+        class_background_s: float = 0.0,
     ) -> None:
         _check_tunables(
             pre_roll_s=pre_roll_s, post_roll_s=post_roll_s, max_window_s=max_window_s,
             refractory_s=refractory_s, threshold=threshold, hysteresis=hysteresis,
             interaction_threshold=interaction_threshold, rate_window_s=rate_window_s,
-            max_capture_fraction=max_capture_fraction,
+            max_capture_fraction=max_capture_fraction, class_background_s=class_background_s,
         )  # fmt: skip
         if rate_window_s <= 0 or max_capture_fraction <= 0:
             raise ConfigError("trigger rate_window_s and max_capture_fraction must be > 0")
@@ -317,6 +328,10 @@ class TriggerPolicy:
         self._custom = [s for s in self.custom_sounds if s.name in self._thr]
         index = {c: i for i, c in enumerate(getattr(classifier, "classes", ()))}
         self._trigger_idx = [(c, index[c]) for c in self.classes if c in index]
+        self._cols = np.array([i for _, i in self._trigger_idx], dtype=np.int64)
+        self._bg_rows = max(0, round(class_background_s / (PATCH_HOP * 0.01)))
+        # the last _bg_rows patches' [trigger-class probabilities..., interaction score]
+        self._bg: list[np.ndarray] = []
         self._ring = _MelRing() if classifier is not None else None
         self._next_patch = 0  # segment frame number where the next patch starts
         self._queue: list = []  # patches cut but not classified yet: (float32[96, 64], start_s)
@@ -367,7 +382,7 @@ class TriggerPolicy:
             refractory_s=cfg.refractory_s, max_capture_fraction=cfg.max_capture_fraction,
             rate_window_s=cfg.rate_window_s,
             pre_roll_s=cfg.pre_roll_s, post_roll_s=cfg.post_roll_s, max_window_s=cfg.max_window_s,
-            max_capture_s=cfg.max_capture_s,
+            max_capture_s=cfg.max_capture_s, class_background_s=cfg.class_background_s,
         )  # fmt: skip
 
     @property
@@ -549,6 +564,8 @@ class TriggerPolicy:
     def _add(self, s: _Sound, p: _Patch) -> None:
         s.emb = np.array(p.embedding, dtype=np.float64) if s.emb is None else s.emb + p.embedding
         s.n_patches += 1
+        if p.accepted:
+            s.ev_last = p.t0 if s.ev_last is None else max(s.ev_last, p.t0)
         if s.best is None or (p.accepted, p.strength) > (s.best.accepted, s.best.strength):
             s.best = p
             s.label, s.score, s.accepted = p.label, p.score, p.accepted
@@ -565,20 +582,36 @@ class TriggerPolicy:
         if best is not None:
             return _Patch(t0, t1, best[0], best[1], True, 2.0 + best[1], emb)
         strength, label, p = 0.0, "sound", 0.0
-        for c, i in self._trigger_idx:
-            r = float(probs[i]) / self._thr[c]
+        excess = self._excess(np.append(np.asarray(probs, dtype=np.float64)[self._cols], inter))
+        for j, (c, i) in enumerate(self._trigger_idx):
+            r = float(excess[j]) / self._thr[c]
             if r > strength:
                 strength, label, p = r, c, float(probs[i])
         top = int(np.argmax(probs))
         top_label, top_p = self.classifier.classes[top], float(probs[top])
         if strength >= 1.0:
             return _Patch(t0, t1, label, p, True, strength, emb)
-        ri = inter / max(self.interaction_threshold, 1e-9)
+        ri = float(excess[-1]) / max(self.interaction_threshold, 1e-9)
         if ri >= 1.0:
             name = top_label if top_label in self._thr else "interaction"
             return _Patch(t0, t1, name, inter, True, ri, emb)
         name = top_label if top_p >= LABEL_MIN else "sound"
         return _Patch(t0, t1, name, top_p, False, max(strength, ri), emb)
+
+    def _excess(self, row: np.ndarray) -> np.ndarray:
+        """``row`` (trigger-class probabilities and interaction score of the next patch) over the
+        running background of the patches before it, rescaled to [0, 1]; ``row`` itself when no
+        background is kept or fewer than BG_MIN_PATCHES patches are known."""
+        hist = self._bg
+        out = row
+        if len(hist) >= BG_MIN_PATCHES:
+            m = np.median(np.stack(hist), axis=0)
+            out = np.clip((row - m) / np.maximum(1.0 - m, 1e-6), 0.0, 1.0)
+        if self._bg_rows:
+            hist.append(row)
+            if len(hist) > self._bg_rows:
+                del hist[0]
+        return out
 
     def _finish(self, s: _Sound) -> None:
         s.final = True
@@ -629,7 +662,7 @@ class TriggerPolicy:
             o.label, o.score = best.label, best.score
             o.t_start = min(s.onset for s in keep)
             o.t_end = max(s.end if s.end is not None else s.onset for s in keep)
-        spans = [self._capped(s.onset, s.end if s.end is not None else s.onset) for s in keep]
+        spans = [self._capped(*self._span(s)) for s in keep]
         ok = bool(keep) and self._within_budget(o, spans)
         end = self._message(TriggerState.END, o.t_end, accepted=ok)
         logger.debug(
@@ -645,6 +678,16 @@ class TriggerPolicy:
             ]
         self._open = None
         return [end]
+
+    def _span(self, s: _Sound) -> tuple[float, float]:
+        """The span of ``s`` to capture (before the ``max_capture_s`` cap): from its onset to its
+        end or, if later, EVIDENCE_TAIL_S into its last patch of trigger evidence. The gate ends
+        a sound when its level falls back to the background (at low SNR, soon after the loudest
+        part); a patch that is still evidence says the sound goes on."""
+        a, b = s.onset, s.end if s.end is not None else s.onset
+        if s.ev_last is not None:
+            b = max(b, s.ev_last + EVIDENCE_TAIL_S)
+        return a, b
 
     def _capped(self, t0: float, t1: float) -> tuple[float, float]:
         return t0, t1 if self.max_capture_s is None else min(t1, t0 + self.max_capture_s)

@@ -360,3 +360,77 @@ def test_unknown_trigger_class_is_a_config_error(classified) -> None:
         TriggerPolicy.from_config(
             "cam", TriggerConfig(classes=("unicorn",)), classifier=classifier, custom_sounds=[]
         )
+
+
+# ----------------------------------------------------------------------------- scripted classifier
+
+
+class TimedClassifier:
+    """Fake classifier: patch ``i`` (the i-th it is given; one stream, no gaps, so it starts at
+    ``0.48 * i`` s) gets P(pouring_water) = ``script(t0)``, the rest spread over other classes."""
+
+    def __init__(self, script):
+        from models.audio.esc50 import CLASSES
+
+        self.classes = CLASSES
+        self.script = script
+        self.seen = 0
+        self.col = CLASSES.index("pouring_water")
+
+    def predict(self, patches: np.ndarray):
+        from models.audio.cnn import Prediction
+
+        n = len(patches)
+        t0 = 0.48 * (self.seen + np.arange(n))
+        self.seen += n
+        p = np.array([self.script(t) for t in t0])
+        probs = np.tile(((1 - p) / 49)[:, None], (1, 50))
+        probs[:, self.col] = p
+        emb = np.zeros((n, 128), np.float32)
+        emb[:, 0] = 1
+        return Prediction(probs.astype(np.float32), np.zeros(n, np.float32), emb)
+
+
+def _noise(seconds: float, dbfs: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(seconds * SR)) * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+@pytest.mark.parametrize("background_s", [0.0, 20.0])
+def test_class_background_keeps_a_room_that_always_sounds_like_a_trigger_quiet(background_s):
+    # steady noise the classifier calls "pouring water" (p = 0.7) all along, a pour at 24-27 s
+    # (p = 0.97): raw scores trigger on the room; scores over the running background only on
+    # the pour (and in the first patches, before any background is known)
+    clf = TimedClassifier(lambda t: 0.97 if 24.0 <= t < 27.0 else 0.7)
+    policy = TriggerPolicy("cam", EnergyDetector(), classifier=clf, classes=("pouring_water",),
+                           interaction_threshold=2.0, class_background_s=background_s)  # fmt: skip
+    sent = _run(policy, _noise(40.0, -40.0))
+    ws = policy.windows(40.0)
+    assert _covered(ws, 24.0, 27.0) == pytest.approx(1.0)
+    captured = sum(w.t_end - w.t_start for w in ws)
+    if background_s:
+        assert captured < 10.0, spans(ws)  # the pour, and the first seconds of the stream
+        assert not [w for w in ws if 5.0 < w.t_start < 23.0 or w.t_start > 28.0]
+        ends = [m for _, m in sent if m.state is END and m.accepted]
+        assert all(m.label == "pouring_water" for m in ends)
+    else:
+        assert captured > 35.0, spans(ws)
+
+
+def test_a_sound_is_captured_while_its_patches_are_evidence():
+    # a 0.3 s burst the gate hears; the patches over it that start at 9.6 and 10.08 s are
+    # trigger evidence: the capture runs 0.72 s into the last of them (+ post-roll), past the
+    # gate's end of the sound
+    y = _noise(20.0, -50.0)
+    y[int(10.0 * SR) : int(10.3 * SR)] += _noise(0.3, -15.0, seed=1)
+    clf = TimedClassifier(lambda t: 0.95 if 9.5 <= t <= 10.1 else 0.01)
+    policy = TriggerPolicy("cam", EnergyDetector(), classifier=clf, classes=("pouring_water",),
+                           interaction_threshold=2.0, pre_roll_s=0.0, post_roll_s=0.1,
+                           max_capture_s=None)  # fmt: skip
+    _run(policy, y)
+    ws = policy.windows(20.0)
+    assert len(ws) == 1
+    assert ws[0].t_start == pytest.approx(10.0, abs=0.05)
+    assert ws[0].t_end == pytest.approx(10.08 + 0.72 + 0.1, abs=1e-6)
+    (sound,) = [e for e in policy.events if e.t_start < 10.5 and e.t_end > 10.0]
+    assert sound.t_end < 10.7  # the remembered sound keeps the span the gate heard
