@@ -40,6 +40,7 @@ __all__ = ["PRESETS", "ColourModel", "VOSPreset", "VOSTracker"]
 
 EPS = 1e-4
 LOST_AREA_FRAC = 1e-4  # an object whose mask covers less of the frame than this is lost
+VANISHED_POSTERIOR = 0.1  # colour denies the whole warped mask: the object is hidden or gone
 MIN_PRIOR_SIGMA_PX = 1.0  # flow is rarely better than a pixel, so the prior is never sharper
 
 
@@ -286,7 +287,8 @@ class VOSTracker:
             refined = cv2.medianBlur(refined, self.preset.median_px)
         refined = refined > 0
         agree = mask_iou(refined, coarse)
-        if agree > self.preset.gate_iou or (obj.lost and refined.any()):
+        vanished = coarse.any() and float(post[coarse].mean()) < VANISHED_POSTERIOR
+        if agree > self.preset.gate_iou or vanished or (obj.lost and refined.any()):
             self._counts["colour_refined"] += 1
             return _Decision(post, refined, agree)
         return _Decision(soft, coarse, agree)
