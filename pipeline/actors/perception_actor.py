@@ -9,29 +9,10 @@ import ray
 
 from pipeline.actors.common import InFlight, Latency
 from pipeline.config import PerceptionConfig
+from pipeline.perception import build_segmenter, refinement_kwargs
 from pipeline.types import CaptureWindow, FramePacket
 
 logger = logging.getLogger(__name__)
-
-
-def build_segmenter(cfg: PerceptionConfig):
-    """The configured segmenter: SAM-HQ from its checkpoint (loaded lazily), else classical."""
-    from models import registry
-
-    if cfg.segmenter == "sam_hq":
-        return registry.create(
-            registry.SEGMENTERS, "sam_hq", model_type=cfg.sam_hq_model,
-            checkpoint=cfg.sam_hq_checkpoint, sha256=cfg.sam_hq_sha256, device=cfg.device,
-            hq_token_only=cfg.hq_token_only,
-        )  # fmt: skip
-    return registry.create(registry.SEGMENTERS, "classical")
-
-
-def refinement_kwargs(cfg: PerceptionConfig, segmenter) -> dict:
-    """Tracker arguments for SAM-HQ refinement of tracks (none for the classical segmenter)."""
-    if cfg.segmenter != "sam_hq" or cfg.refine_every == 0:
-        return {}
-    return {"refiner": segmenter, "refine_every": cfg.refine_every, "refine_gate": cfg.refine_gate}
 
 
 @ray.remote(num_cpus=0)
