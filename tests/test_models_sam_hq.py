@@ -180,15 +180,26 @@ def test_a_tiny_file_loaded_as_vit_b_says_what_it_is(tiny_ckpt) -> None:
         seg.load()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["vit_b", "vit_l", "vit_h"])
-def test_larger_architectures_round_trip(model_type: str, tmp_path, image) -> None:
+def round_trip(model_type: str, tmp_path: Path, image: np.ndarray, device: str) -> None:
     path = save_random_checkpoint(model_type, tmp_path / f"{model_type}.pth", seed=1)
-    seg = SamHQSegmenter(model_type=model_type, checkpoint=path, sha256=sha256_of(path))
+    seg = SamHQSegmenter(
+        model_type=model_type, checkpoint=path, sha256=sha256_of(path), device=device
+    )
     seg.load()
     props = seg.segment(image, boxes=np.array([[10, 10, 60, 60]]))
     assert len(props) == 1 and props[0].mask.shape == (H, W)
     path.unlink()
+
+
+@pytest.mark.slow
+def test_vit_b_round_trip(tmp_path, image) -> None:
+    round_trip("vit_b", tmp_path, image, "cpu")  # ~1.5 min on a loaded 2-core CPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model_type", ["vit_l", "vit_h"])
+def test_large_architectures_round_trip_on_cuda(model_type: str, tmp_path, image) -> None:
+    round_trip(model_type, tmp_path, image, "cuda")  # 4-7 min each on a 2-core CPU: GPU only
 
 
 @pytest.mark.gpu
