@@ -9,6 +9,14 @@ from models.errors import BackendUnavailable
 
 SEGMENTERS: dict[str, str] = {
     "classical": "models.segmenters.classical:ClassicalSegmenter",
+    "sam_hq": "models.segmenters.sam_hq:SamHQSegmenter",
+}
+# SAM-HQ architectures (random weights; models.segmenters.sam_hq loads checkpoints strictly)
+SAM_HQ_ARCHS: dict[str, str] = {
+    "vit_tiny": "segment_anything_hq.build_sam:build_sam_vit_t",
+    "vit_b": "segment_anything_hq.build_sam:build_sam_vit_b",
+    "vit_l": "segment_anything_hq.build_sam:build_sam_vit_l",
+    "vit_h": "segment_anything_hq.build_sam:build_sam_vit_h",
 }
 EMBEDDERS: dict[str, str] = {
     "classical": "models.embedders.classical:ClassicalEmbedder",

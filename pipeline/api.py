@@ -225,10 +225,20 @@ class Eidetic:
 
     def track(self, frames: str | Path, first_mask: str | Path, out: str | Path, *, preset: str = "quality", hook=None) -> dict[str, Any]:
         """Semi-supervised VOS (DAVIS protocol); see ``eidetic track``."""
+        from pipeline.perception import build_segmenter, refinement_kwargs
         from pipeline.track import run_track
 
+        pc = self.config.perception  # with segmenter sam_hq, SAM-HQ refines through the gate
+        refine = refinement_kwargs(pc, build_segmenter(pc)) if pc.segmenter == "sam_hq" else {}
+        if refine:
+            from models.errors import BackendUnavailable, CheckpointError
+
+            try:  # verify and load the checkpoint before any frame is written
+                refine["refiner"].load()
+            except (CheckpointError, BackendUnavailable) as e:
+                raise ConfigError(f"perception.sam_hq_checkpoint: {e}") from e
         return run_track(Path(frames), Path(first_mask), Path(out), preset=preset, hook=hook,
-                         max_dimension=self.config.ingest.max_dimension)
+                         max_dimension=self.config.ingest.max_dimension, **refine)
 
     @property
     def store(self) -> EpisodeStore:

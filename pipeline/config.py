@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from models.audio.esc50 import DEFAULT_TRIGGERS
 from pipeline.errors import ConfigError
@@ -193,12 +193,41 @@ class TriggerConfig(_Section):
 
 
 class PerceptionConfig(_Section):
-    segmenter: Literal["classical"] = Field("classical", description="Segmenter backend.")
+    segmenter: Literal["classical", "sam_hq"] = Field(
+        "classical", description="Segmenter backend: classical (weight-free) or sam_hq."
+    )
     max_objects: int = Field(6, ge=1, le=64, description="Objects tracked per capture window.")
     keyframe_budget: int = Field(10, ge=1, le=100, description="Keyframes kept per object.")
     min_object_area: float = Field(
         0.002, gt=0, lt=1, description="Smallest object, as a fraction of the frame area."
     )
+    sam_hq_model: Literal["vit_tiny", "vit_b", "vit_l", "vit_h"] = Field(
+        "vit_tiny", description="SAM-HQ architecture (must match the checkpoint)."
+    )
+    sam_hq_checkpoint: Path | None = Field(
+        None, description="Local SAM-HQ .pth file (never downloaded); needed by segmenter sam_hq."
+    )
+    sam_hq_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Expected SHA-256 of the checkpoint; empty: it must be the official file.",
+    )
+    device: str = Field(
+        "cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$", description="Torch device: cpu, cuda, cuda:N."
+    )
+    hq_token_only: bool = Field(False, description="SAM-HQ: return only the HQ token's mask.")
+    refine_every: int = Field(
+        10, ge=0, le=10000, description="Frames between SAM-HQ refinements of tracks (0: never)."
+    )
+    refine_gate: float = Field(
+        0.59, ge=0, lt=1, description="A refined mask is kept only above this IoU with the track's."
+    )
+
+    @model_validator(mode="after")
+    def _checkpoint_for_sam_hq(self) -> PerceptionConfig:
+        if self.segmenter == "sam_hq" and self.sam_hq_checkpoint is None:
+            raise ValueError("segmenter sam_hq needs sam_hq_checkpoint (a local .pth file)")
+        return self
 
 
 class MemoryConfig(_Section):

@@ -67,11 +67,22 @@ def iter_frames(source: Path, *, max_dimension: int) -> Iterator[tuple[str, np.n
 
 
 def run_track(
-    frames: Path, first_mask: Path, out: Path, *, preset: str = "quality", hook=None, max_dimension: int = 16384
+    frames: Path,
+    first_mask: Path,
+    out: Path,
+    *,
+    preset: str = "quality",
+    hook=None,
+    max_dimension: int = 16384,
+    refiner=None,
+    refine_every: int = 10,
+    refine_gate: float = 0.59,
 ) -> dict[str, Any]:
     """Propagate ``first_mask`` through ``frames``; write one PNG per frame into ``out``.
 
     Returns ``{"frames", "objects", "fps", "keyframes_kept"}``. ``hook(done)`` is called per frame.
+    ``refiner`` (a box-prompted Segmenter such as SAM-HQ) refines the masks every
+    ``refine_every`` frames through the IoU gate ``refine_gate``.
     """
     from tracker.vos import VOSTracker
 
@@ -82,7 +93,9 @@ def run_track(
     values, mode, palette = read_mask(first_mask)
     objects = [int(v) for v in np.unique(values) if v != 0]
     out.mkdir(parents=True, exist_ok=True)
-    vos = VOSTracker(preset=preset)
+    vos = VOSTracker(
+        preset=preset, refiner=refiner, refine_every=refine_every, refine_gate=refine_gate
+    )
     n, t0 = 0, time.perf_counter()
     for stem, image in iter_frames(frames, max_dimension=max_dimension):
         if n == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,7 +12,7 @@ from models.errors import ParameterError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KeyframeEntry", "KeyframeMemory"]
+__all__ = ["EVICTIONS", "KeyframeEntry", "KeyframeMemory", "evict_least_similar", "evict_oldest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,23 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return v / n if n > 0 else v
 
 
+def evict_least_similar(entries: list[KeyframeEntry], sims: np.ndarray) -> int:
+    """HQ-SMem's policy: the stored non-reference keyframe least similar to the candidate."""
+    return int(np.argmin(sims[1:])) + 1  # index 0 is the reference
+
+
+def evict_oldest(entries: list[KeyframeEntry], sims: np.ndarray) -> int:
+    """FIFO: the oldest non-reference keyframe (a working-memory ring, XMem style)."""
+    return 1
+
+
+# An eviction policy maps (entries, cosine of each to the candidate) to the index to drop (>= 1).
+EVICTIONS: dict[str, Callable[[list[KeyframeEntry], np.ndarray], int]] = {
+    "least_similar": evict_least_similar,
+    "oldest": evict_oldest,
+}
+
+
 class KeyframeMemory:
     """At most ``budget`` keyframes for one object, whatever the video length.
 
@@ -54,6 +72,8 @@ class KeyframeMemory:
         A candidate whose cosine to some stored descriptor reaches this value is redundant.
     min_quality : float, keyword-only
         Candidates of lower quality are refused, even when forced.
+    eviction : str or callable, keyword-only
+        A name in :data:`EVICTIONS` or ``f(entries, sims) -> index`` (never 0, the reference).
     """
 
     def __init__(
@@ -63,6 +83,7 @@ class KeyframeMemory:
         min_gap: int = 30,
         max_similarity: float = 0.98,
         min_quality: float = 0.0,
+        eviction: str | Callable[[list[KeyframeEntry], np.ndarray], int] = "least_similar",
     ) -> None:
         if budget < 1:
             raise ParameterError(f"budget must be >= 1, got {budget!r}")
@@ -72,6 +93,13 @@ class KeyframeMemory:
         self.min_gap = int(min_gap)
         self.max_similarity = float(max_similarity)
         self.min_quality = float(min_quality)
+        if isinstance(eviction, str):
+            if eviction not in EVICTIONS:
+                raise ParameterError(
+                    f"eviction must be one of {sorted(EVICTIONS)} or a callable, got {eviction!r}"
+                )
+            eviction = EVICTIONS[eviction]
+        self._eviction = eviction
         self._entries: list[KeyframeEntry] = []
         self._last_admitted: int | None = None
         self.evictions = 0
@@ -124,7 +152,7 @@ class KeyframeMemory:
         if not force and float(sims.max()) >= self.max_similarity:
             return False
         if len(self._entries) >= self.budget:
-            self._evict_least_similar(sims, frame_idx)
+            self._evict(sims, frame_idx)
         self._admit(KeyframeEntry(int(frame_idx), d, float(quality)))
         return True
 
@@ -145,8 +173,12 @@ class KeyframeMemory:
         self._entries.append(entry)
         self._last_admitted = entry.frame_idx
 
-    def _evict_least_similar(self, sims: np.ndarray, frame_idx: int) -> None:
-        i = int(np.argmin(sims[1:])) + 1  # index 0 is the reference
+    def _evict(self, sims: np.ndarray, frame_idx: int) -> None:
+        i = int(self._eviction(self._entries, sims))
+        if not 1 <= i < len(self._entries):
+            raise ParameterError(
+                f"eviction policy returned {i}; it must pick a non-reference entry"
+            )
         gone = self._entries.pop(i)
         self.evictions += 1
         logger.debug(

@@ -14,6 +14,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["FlowPropagator", "to_grey"]
 
 METHODS = ("dis", "farneback")
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
 MIN_FLOW_SIDE_PX = 320  # flow is never estimated on a frame whose longer side is below this
 
 
@@ -40,19 +45,32 @@ class FlowPropagator:
         OpenCV's DIS optical flow (fast, default) or Farneback's polynomial expansion.
     threshold : float, keyword-only
         A warped soft mask above this value is foreground.
+    dis_preset : {"ultrafast", "fast", "medium"}, keyword-only
+        OpenCV's DIS speed/accuracy preset (``method="dis"`` only).
     """
 
-    def __init__(self, *, scale: float = 0.5, method: str = "dis", threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        scale: float = 0.5,
+        method: str = "dis",
+        threshold: float = 0.5,
+        dis_preset: str = "medium",
+    ) -> None:
         if not 0 < scale <= 1:
             raise ParameterError(f"scale must be in (0, 1], got {scale!r}")
         if method not in METHODS:
             raise ParameterError(f"method must be one of {METHODS}, got {method!r}")
+        if dis_preset not in DIS_PRESETS:
+            raise ParameterError(
+                f"dis_preset must be one of {sorted(DIS_PRESETS)}, got {dis_preset!r}"
+            )
         self.scale = float(scale)
         self.method = method
         self.threshold = float(threshold)
         self._dis = None
         if method == "dis":
-            self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+            self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[dis_preset])
 
     def flow(self, prev_image: np.ndarray, image: np.ndarray) -> np.ndarray:
         """Backward flow ``float32[H, W, 2]``: pixel (x, y) of ``image`` came from

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +14,7 @@ from models.errors import ParameterError
 from models.segmenters.base import MaskProposal, Segmenter, bbox_of
 from tracker.keyframes import KeyframeMemory
 from tracker.propagate import FlowPropagator
+from tracker.refine import GATE_IOU, RefinementGate
 from tracker.types import RLE, Keyframe, KeyframeReason, Perception, TrackState
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,15 @@ class Tracker:
         Least frames between two keyframes of one track.
     flow_scale : float, keyword-only
         Resolution factor of the optical flow.
+    refiner : Segmenter, optional, keyword-only
+        Box-prompted segmenter (SAM-HQ) refining every track's mask each ``refine_every`` steps
+        (one batched call); a refined mask is kept only if its IoU with the propagated one
+        exceeds ``refine_gate`` (HQ-SMem's tau).
+    reid_similarity : float, keyword-only
+        A new proposal whose descriptor has at least this cosine to a keyframe of a recently
+        dropped track re-acquires that track (same id) instead of starting a new one.
+    max_lost : int, keyword-only
+        Dropped tracks remembered for re-acquisition (oldest forgotten first).
     """
 
     def __init__(
@@ -88,6 +99,11 @@ class Tracker:
         min_area_frac: float = 0.002,
         keyframe_gap: int = 30,
         flow_scale: float = 0.5,
+        refiner: Segmenter | None = None,
+        refine_every: int = 10,
+        refine_gate: float = GATE_IOU,
+        reid_similarity: float = 0.9,
+        max_lost: int = 6,
     ) -> None:
         if max_objects < 1 or segment_every < 1 or max_missed < 0:
             raise ParameterError(
@@ -104,6 +120,15 @@ class Tracker:
         self.max_missed = int(max_missed)
         self.min_area_frac = float(min_area_frac)
         self.keyframe_gap = int(keyframe_gap)
+        if refine_every < 1 or max_lost < 0:
+            raise ParameterError(
+                f"need refine_every >= 1 and max_lost >= 0; got {refine_every!r}, {max_lost!r}"
+            )
+        self.refiner = refiner
+        self.refine_every = int(refine_every)
+        self.gate = RefinementGate(tau=refine_gate)
+        self.reid_similarity = float(reid_similarity)
+        self.max_lost = int(max_lost)
         self._flow = FlowPropagator(scale=flow_scale)
         self._counts = dict.fromkeys(
             (
@@ -112,6 +137,7 @@ class Tracker:
                 "proposals",
                 "tracks_created",
                 "tracks_dropped",
+                "reacquired",
                 "keyframes",
             ),
             0,
@@ -122,14 +148,24 @@ class Tracker:
     def reset(self) -> None:
         """Forget every track and the previous frame (between capture windows); ids keep growing."""
         self._tracks: list[_Track] = []
+        self._lost: deque[_Track] = deque(maxlen=self.max_lost)
         self._prev: np.ndarray | None = None
         self._steps = 0
         self._since_segment = 0
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float | int | None]:
         """Counters since construction: frames, segmentations, proposals, tracks_created,
-        tracks_dropped, keyframes; plus tracks_alive now."""
-        return {**self._counts, "tracks_alive": len(self._tracks)}
+        tracks_dropped, reacquired, keyframes, refinements, refined_accepted,
+        refine_acceptance (gate acceptance rate), evictions; plus tracks_alive and lost_kept now."""
+        return {
+            **self._counts,
+            "refinements": self.gate.tried,
+            "refined_accepted": self.gate.accepted,
+            "refine_acceptance": self.gate.acceptance_rate,
+            "evictions": sum(tr.memory.evictions for tr in (*self._tracks, *self._lost)),
+            "tracks_alive": len(self._tracks),
+            "lost_kept": len(self._lost),
+        }
 
     def step(
         self,
@@ -166,8 +202,10 @@ class Tracker:
             if proposals is None:
                 proposals = self.segmenter.segment(image)
                 self._counts["segmentations"] += 1
-            new = self._associate(self._usable(proposals, h * w))
+            new = self._associate(image, self._usable(proposals, h * w))
             self._since_segment = 0
+        elif self.refiner is not None and self._tracks and self._steps % self.refine_every == 0:
+            self._refine(image)
         self._drop_lost(h * w)
         self._describe(image)
         keyframe = self._keyframe(image, t, frame_idx, new, first=first, force=force_keyframe)
@@ -192,7 +230,32 @@ class Tracker:
         self._counts["proposals"] += len(keep)
         return sorted(keep, key=lambda p: -(p.predicted_iou * p.stability_score))
 
-    def _associate(self, proposals: list[MaskProposal]) -> list[_Track]:
+    def _refine(self, image: np.ndarray) -> None:
+        """Refine every visible track's mask from its box (one call); keep it if the gate agrees."""
+        live = [tr for tr in self._tracks if tr.mask.any()]
+        if not live:
+            return
+        boxes = np.array([bbox_of(tr.mask) for tr in live], dtype=np.float32)
+        for tr, p in zip(live, self.refiner.segment(image, boxes=boxes), strict=True):
+            tr.mask, _ = self.gate(tr.mask, p.mask)
+
+    def _reacquire(self, image: np.ndarray, p: MaskProposal) -> _Track | None:
+        """The recently dropped track this proposal looks like (by keyframe descriptors), if any."""
+        if not self._lost:
+            return None
+        d = self.embedder.embed_images([image], [p.mask])[0]
+        sims = [float(tr.memory.similarities(d).max(initial=-1.0)) for tr in self._lost]
+        best = int(np.argmax(sims))
+        if sims[best] < self.reid_similarity:
+            return None
+        tr = self._lost[best]
+        del self._lost[best]
+        tr.mask, tr.score, tr.missed = p.mask.copy(), _quality(p), 0
+        self._counts["reacquired"] += 1
+        logger.info("re-acquired track %d (cosine %.3f)", tr.track_id, sims[best])
+        return tr
+
+    def _associate(self, image: np.ndarray, proposals: list[MaskProposal]) -> list[_Track]:
         """Match proposals to tracks by mask IoU; start tracks for the rest; return the new ones."""
         matched_t: set[int] = set()
         matched_p: set[int] = set()
@@ -211,6 +274,10 @@ class Tracker:
         new = []
         for c, p in enumerate(proposals):
             if c in matched_p or len(self._tracks) >= self.max_objects or self._duplicate(p):
+                continue
+            back = self._reacquire(image, p)
+            if back is not None:
+                self._tracks.append(back)
                 continue
             tr = _Track(self._next_id, p.mask.copy(), _quality(p), self._steps, self._memory())
             self._next_id += 1
@@ -235,7 +302,9 @@ class Tracker:
                 tr.missed = 1  # vanished between segmentations
             if tr.missed > self.max_missed or not tr.mask.any():
                 self._counts["tracks_dropped"] += 1
-                logger.debug("dropped track %d after %d misses", tr.track_id, tr.missed)
+                logger.info("lost track %d after %d misses", tr.track_id, tr.missed)
+                if self.max_lost and len(tr.memory):
+                    self._lost.append(tr)
                 continue
             alive.append(tr)
         self._tracks = alive

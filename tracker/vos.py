@@ -1,15 +1,22 @@
 """Semi-supervised video object segmentation (DAVIS protocol): flow warping + colour refinement.
 
 Given the first frame's label map, each object's mask is carried to the next frame by dense
-optical flow (:mod:`tracker.propagate`). The ``"quality"`` preset then re-decides every pixel
-from a Bayesian blend of the warped mask (a spatial prior, blurred to allow for flow error, with
-a small floor so a lost object can be re-found by colour) and a colour model (joint RGB
-histograms of the object and of its surroundings). The object's colour model is the mean over
-``context_k`` keyframes chosen from its bounded :class:`~tracker.keyframes.KeyframeMemory` (the
-reference plus those most like the current appearance, HQ-SMem style; the default, 1, uses the
-reference only, which measured best on DAVIS 2016 so far); the background model follows the
-scene. A refined mask is only accepted when it agrees with the warped one (IoU gate, as HQ-SMem
-gates SAM-HQ), which keeps a bad colour decision from replacing a good flow estimate.
+optical flow (:mod:`tracker.propagate`). With ``refine`` on (both presets), every pixel is then
+re-decided from a Bayesian blend of the warped mask (a spatial prior, blurred to allow for flow
+error, with a small floor so a lost object can be re-found by colour) and a colour model (joint
+RGB histograms of the object and of its surroundings, like ObjectFlow/BVS). The object's colour
+model is the mean over ``context_k`` keyframes chosen from its bounded
+:class:`~tracker.keyframes.KeyframeMemory` (the reference plus those most like the current
+appearance, HQ-SMem style); the background model follows the scene (appearance update). The
+``"quality"`` preset adds an edge-aware guided filter of the probability map, which snaps
+boundaries to image edges. A colour-refined mask is only accepted when it agrees with the warped
+one, which keeps a bad colour decision from replacing a good flow estimate.
+
+With a ``refiner`` (a prompted :class:`~models.segmenters.base.Segmenter`, e.g. SAM-HQ), every
+``refine_every`` frames all objects' boxes are sent in one call and each refined mask replaces
+the tracked one only if their IoU exceeds ``refine_gate`` (HQ-SMem's tau = 0.59).
+Objects that vanish are counted as lost; when colour finds one again it is re-acquired (both
+logged). Presets were tuned on six DAVIS 2016 sequences only (``benchmarks/vos_eval.py TUNE``).
 """
 
 from __future__ import annotations
@@ -22,43 +29,66 @@ import cv2
 import numpy as np
 
 from models.errors import ParameterError
+from models.segmenters.base import Segmenter, bbox_of
 from tracker.keyframes import KeyframeMemory
-from tracker.propagate import FlowPropagator
+from tracker.propagate import DIS_PRESETS, FlowPropagator
+from tracker.refine import GATE_IOU, RefinementGate, guided_filter, mask_iou
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PRESETS", "ColourModel", "VOSPreset", "VOSTracker"]
 
 EPS = 1e-4
-MEDIAN_PX = 5  # median filter of the refined mask: removes speckle, and slightly erodes corners
+LOST_AREA_FRAC = 1e-4  # an object whose mask covers less of the frame than this is lost
+VANISHED_POSTERIOR = 0.1  # colour denies the whole warped mask: the object is hidden or gone
+MIN_PRIOR_SIGMA_PX = 1.0  # flow is rarely better than a pixel, so the prior is never sharper
 
 
 @dataclass(frozen=True, slots=True)
 class VOSPreset:
     """Tunables of one speed/quality trade-off.
 
-    flow_scale: resolution factor of the optical flow; refine: run the colour refinement;
-    prior_sigma: blur (fraction of the image diagonal) of the warped mask used as a prior;
-    gate_iou: a refined mask replaces the warped one only above this IoU with it;
-    bg_update: weight of the current frame in the running background colour model;
-    context_k: keyframes (reference included) averaged into the object's colour model;
-    min_keyframe_quality: gate IoU a frame needs to enter the keyframe memory;
-    prior_floor: least prior probability of the object anywhere in the frame.
+    flow_scale: resolution factor of the optical flow; flow_preset: OpenCV DIS preset;
+    refine: run the colour refinement; prior_sigma: blur (fraction of the image diagonal) of the
+    warped mask used as a prior; gate_iou: a colour-refined mask replaces the warped one only
+    above this IoU with it; bg_update: weight of the current frame in the running background
+    colour model; context_k: keyframes (reference included) averaged into the object's colour
+    model; min_keyframe_quality: gate IoU a frame needs to enter the keyframe memory;
+    prior_floor: least prior probability of the object anywhere in the frame; guided_radius /
+    guided_eps: edge-aware guided filter of the probability map (radius as a fraction of the
+    diagonal, at least 1 px; 0: off); median_px:
+    median filter of the refined mask (removes speckle; 0 or 1: off); bins: colour histogram
+    levels per channel.
     """
 
     flow_scale: float = 0.5
+    flow_preset: str = "medium"
     refine: bool = True
-    prior_sigma: float = 0.008
+    prior_sigma: float = 0.005
     gate_iou: float = 0.3
     bg_update: float = 0.3
-    context_k: int = 1
+    context_k: int = 3
     min_keyframe_quality: float = 0.7
     prior_floor: float = 0.02
+    guided_radius: float = 0.004
+    guided_eps: float = 1e-4
+    median_px: int = 5
+    bins: int = 16
+
+    def __post_init__(self) -> None:
+        if self.flow_preset not in DIS_PRESETS:
+            raise ParameterError(
+                f"flow_preset must be one of {sorted(DIS_PRESETS)}, got {self.flow_preset!r}"
+            )
+        if self.median_px > 1 and self.median_px % 2 == 0:
+            raise ParameterError(f"median_px must be odd, got {self.median_px!r}")
+        if self.guided_radius < 0 or self.context_k < 1:
+            raise ParameterError(f"need guided_radius >= 0 and context_k >= 1, got {self}")
 
 
 PRESETS: dict[str, VOSPreset] = {
     "quality": VOSPreset(),
-    "fast": VOSPreset(flow_scale=0.25, refine=False),
+    "fast": VOSPreset(flow_preset="ultrafast", prior_sigma=0.008, guided_radius=0),
 }
 
 
@@ -107,6 +137,7 @@ class _Object:
     memory: KeyframeMemory
     kf_hists: dict[int, np.ndarray] = field(default_factory=dict)
     descriptor: np.ndarray | None = None
+    lost: bool = False
 
 
 class VOSTracker:
@@ -115,11 +146,18 @@ class VOSTracker:
     Parameters
     ----------
     preset : {"quality", "fast"} or VOSPreset, keyword-only
-        ``"quality"``: flow warp then colour refinement; ``"fast"``: downscaled flow warp only.
+        ``"quality"``: flow warp, colour refinement and guided filter; ``"fast"``: a cheaper
+        flow and no guided filter.
     keyframe_budget : int, keyword-only
         Keyframes kept per object (reference included).
     keyframe_gap : int, keyword-only
         Minimum frames between two keyframes of one object.
+    refiner : Segmenter, optional, keyword-only
+        Box-prompted segmenter (e.g. SAM-HQ) whose masks may replace the tracked ones.
+    refine_every : int, keyword-only
+        Frames between two refiner runs (every frame: 1).
+    refine_gate : float, keyword-only
+        IoU with the tracked mask above which a refined mask is accepted.
     """
 
     def __init__(
@@ -128,20 +166,29 @@ class VOSTracker:
         preset: str | VOSPreset = "quality",
         keyframe_budget: int = 10,
         keyframe_gap: int = 30,
+        refiner: Segmenter | None = None,
+        refine_every: int = 10,
+        refine_gate: float = GATE_IOU,
     ) -> None:
         if isinstance(preset, str):
             if preset not in PRESETS:
                 raise ParameterError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
             preset = PRESETS[preset]
+        if refine_every < 1:
+            raise ParameterError(f"refine_every must be >= 1, got {refine_every!r}")
         self.preset = preset
         self.keyframe_budget = int(keyframe_budget)
         self.keyframe_gap = int(keyframe_gap)
-        self._flow = FlowPropagator(scale=preset.flow_scale)
-        self._colour = ColourModel()
+        self.refiner = refiner
+        self.refine_every = int(refine_every)
+        self.gate = RefinementGate(tau=refine_gate)
+        self._flow = FlowPropagator(scale=preset.flow_scale, dis_preset=preset.flow_preset)
+        self._colour = ColourModel(bins=preset.bins)
         self._objects: list[_Object] = []
         self._prev: np.ndarray | None = None
         self._frame_idx = -1
         self._dtype = np.dtype(np.uint8)
+        self._counts = {"frames": 0, "colour_refined": 0, "lost": 0, "reacquired": 0}
 
     def start(self, image: np.ndarray, labels: np.ndarray) -> None:
         """Begin a video from ``image`` (``uint8[H, W, 3]`` RGB) and its ``int[H, W]`` label map.
@@ -167,23 +214,34 @@ class VOSTracker:
             )
             self._remember(obj, idx, quality=1.0)
             self._objects.append(obj)
+        self._counts["frames"] += 1
         logger.debug("VOS started with %d objects", len(self._objects))
 
     def step(self, image: np.ndarray) -> np.ndarray:
         """Segment the next frame (``uint8[H, W, 3]`` RGB); return its labels (start's dtype)."""
         if self._prev is None:
             raise RuntimeError("call start(image, labels) before step(image)")
+        if image.shape != self._prev.shape:
+            raise ParameterError(f"frame shape {image.shape} != first frame's {self._prev.shape}")
         self._frame_idx += 1
         flow = self._flow.flow(self._prev, image)
         idx = self._colour.index(image) if self.preset.refine else None
-        decisions = [self._segment_object(obj, flow, idx) for obj in self._objects]
+        grey = None
+        if self.preset.refine and self.preset.guided_radius:
+            grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+            grey = grey.astype(np.float32) / 255
+        decisions = [self._segment_object(obj, flow, idx, grey) for obj in self._objects]
+        if self.refiner is not None and self._frame_idx % self.refine_every == 0:
+            decisions = self._refine(image, decisions)
         labels = self._resolve(decisions, image.shape[:2])
         for obj, d in zip(self._objects, decisions, strict=True):
             obj.mask = labels == obj.obj_id
-            if idx is not None:
+            self._track_visibility(obj)
+            if idx is not None and not obj.lost:
                 obj.bg_hist = self._update_background(obj, idx)
                 self._remember(obj, idx, quality=d.quality)
         self._prev = image
+        self._counts["frames"] += 1
         return labels
 
     def keyframes_kept(self) -> int:
@@ -194,18 +252,85 @@ class VOSTracker:
         """Keyframes currently held by each object id."""
         return {o.obj_id: len(o.memory) for o in self._objects}
 
-    def _segment_object(self, obj: _Object, flow: np.ndarray, idx: np.ndarray | None) -> _Decision:
+    def descriptors(self) -> dict[int, np.ndarray]:
+        """Each object's current appearance descriptor (``float32[bins**3]``, unit norm)."""
+        return {o.obj_id: o.descriptor for o in self._objects if o.descriptor is not None}
+
+    def stats(self) -> dict[str, float | int | None]:
+        """Counters: frames, colour_refined (accepted colour refinements), lost, reacquired,
+        refinements / refined_accepted / refine_acceptance (the refiner's IoU gate), evictions
+        and keyframes (summed over objects)."""
+        return {
+            **self._counts,
+            "refinements": self.gate.tried,
+            "refined_accepted": self.gate.accepted,
+            "refine_acceptance": self.gate.acceptance_rate,
+            "evictions": sum(o.memory.evictions for o in self._objects),
+            "keyframes": self.keyframes_kept(),
+        }
+
+    # --------------------------------------------------------------------------- internals
+
+    def _segment_object(
+        self, obj: _Object, flow: np.ndarray, idx: np.ndarray | None, grey: np.ndarray | None
+    ) -> _Decision:
         """Warp one object's mask along ``flow``, then refine it by colour when ``idx`` is given."""
         soft = self._flow.warp(obj.mask, flow)
         coarse = soft > 0.5
         if idx is None:
             return _Decision(soft, coarse, 1.0)
         post = self._posterior(obj, soft, idx)
-        refined = cv2.medianBlur((post > 0.5).astype(np.uint8), MEDIAN_PX) > 0
-        agree = _iou(refined, coarse)
-        if agree > self.preset.gate_iou:
+        if grey is not None:
+            post = self._snap_to_edges(post, coarse, grey)
+        refined = (post > 0.5).astype(np.uint8)
+        if self.preset.median_px > 1:
+            refined = cv2.medianBlur(refined, self.preset.median_px)
+        refined = refined > 0
+        agree = mask_iou(refined, coarse)
+        vanished = coarse.any() and float(post[coarse].mean()) < VANISHED_POSTERIOR
+        if agree > self.preset.gate_iou or vanished or (obj.lost and refined.any()):
+            self._counts["colour_refined"] += 1
             return _Decision(post, refined, agree)
         return _Decision(soft, coarse, agree)
+
+    def _snap_to_edges(self, post: np.ndarray, coarse: np.ndarray, grey: np.ndarray) -> np.ndarray:
+        """Guided-filter ``post`` by ``grey``, only in a band around the warped boundary.
+
+        The filter aligns the boundary with image edges; limiting it to ``2 * guided_radius``
+        pixels of the warped mask's boundary keeps it from moving or erasing small objects.
+        """
+        r = max(1, round(self.preset.guided_radius * float(np.hypot(*grey.shape))))
+        snapped = guided_filter(grey, post, r, self.preset.guided_eps)
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (4 * r + 1, 4 * r + 1))
+        m = coarse.astype(np.uint8)
+        band = cv2.dilate(m, k) != cv2.erode(m, k)
+        return np.where(band, np.clip(snapped, 0, 1), post).astype(np.float32)
+
+    def _refine(self, image: np.ndarray, decisions: list[_Decision]) -> list[_Decision]:
+        """One refiner call with every visible object's box; each result passes the IoU gate."""
+        visible = [i for i, d in enumerate(decisions) if d.mask.any()]
+        if not visible:
+            return decisions
+        boxes = np.array([bbox_of(decisions[i].mask) for i in visible], dtype=np.float32)
+        proposals = self.refiner.segment(image, boxes=boxes)
+        out = list(decisions)
+        for i, p in zip(visible, proposals, strict=True):
+            mask, iou = self.gate(decisions[i].mask, p.mask)
+            post = np.where(mask, np.maximum(decisions[i].post, 0.5), decisions[i].post)
+            out[i] = _Decision(post.astype(np.float32), mask, iou)
+        return out
+
+    def _track_visibility(self, obj: _Object) -> None:
+        """Log and count an object becoming lost, or being re-acquired after it was."""
+        visible = np.count_nonzero(obj.mask) >= LOST_AREA_FRAC * obj.mask.size
+        if obj.lost and visible:
+            obj.lost = False
+            self._counts["reacquired"] += 1
+            logger.info("object %d re-acquired at frame %d", obj.obj_id, self._frame_idx)
+        elif not obj.lost and not visible:
+            obj.lost = True
+            self._counts["lost"] += 1
+            logger.info("object %d lost at frame %d", obj.obj_id, self._frame_idx)
 
     def _posterior(self, obj: _Object, soft: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Per-pixel ``P(object)`` from the blurred warped mask and the colour likelihoods.
@@ -213,7 +338,7 @@ class VOSTracker:
         The prior never drops below ``prior_floor``, so pixels far from the warped mask whose
         colour is very typical of the object can still be claimed (recovery after flow failure).
         """
-        sigma = self.preset.prior_sigma * float(np.hypot(*soft.shape))
+        sigma = max(MIN_PRIOR_SIGMA_PX, self.preset.prior_sigma * float(np.hypot(*soft.shape)))
         floor = self.preset.prior_floor
         prior = np.clip(cv2.GaussianBlur(soft, (0, 0), sigma), floor, 1 - floor)
         hf, hb = self._foreground_hist(obj), obj.bg_hist
@@ -276,8 +401,3 @@ class VOSTracker:
         ids = np.array([o.obj_id for o in self._objects], dtype=self._dtype)
         labels[fg] = ids[best[fg]]
         return labels
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return 1.0 if union == 0 else float(np.count_nonzero(a & b) / union)

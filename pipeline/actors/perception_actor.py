@@ -9,6 +9,7 @@ import ray
 
 from pipeline.actors.common import InFlight, Latency
 from pipeline.config import PerceptionConfig
+from pipeline.perception import build_segmenter, refinement_kwargs
 from pipeline.types import CaptureWindow, FramePacket
 
 logger = logging.getLogger(__name__)
@@ -18,19 +19,23 @@ logger = logging.getLogger(__name__)
 class PerceptionActor:
     """Runs the segmenter + tracker on each capture window and forwards Perceptions in order."""
 
-    def __init__(self, cfg: PerceptionConfig, memory: ray.actor.ActorHandle, max_in_flight: int = 8):
+    def __init__(
+        self, cfg: PerceptionConfig, memory: ray.actor.ActorHandle, max_in_flight: int = 8
+    ):
         from models import registry
 
         self.cfg = cfg
         self.memory = memory
-        self.segmenter = registry.create(registry.SEGMENTERS, cfg.segmenter)
+        self.segmenter = build_segmenter(cfg)
         self.embedder = registry.create(registry.EMBEDDERS, "classical")
         self.tracker = None
         self.in_flight = InFlight(max_in_flight)
         self.frames = 0
         self.latency = Latency()
 
-    def begin(self, window: CaptureWindow, source: str, sounds: list, wall_start: float | None = None) -> None:
+    def begin(
+        self, window: CaptureWindow, source: str, sounds: list, wall_start: float | None = None
+    ) -> None:
         from tracker.tracker import Tracker
 
         self.tracker = Tracker(
@@ -40,6 +45,8 @@ class PerceptionActor:
             max_objects=self.cfg.max_objects,
             keyframe_budget=self.cfg.keyframe_budget,
             min_area_frac=self.cfg.min_object_area,
+            max_lost=self.cfg.max_objects,
+            **refinement_kwargs(self.cfg, self.segmenter),
         )
         self.in_flight.add(self.memory.begin.remote(source, window, sounds, wall_start))
 
@@ -59,4 +66,8 @@ class PerceptionActor:
         return ray.get(self.memory.end.remote(source, window.t_end))
 
     def stats(self) -> dict:
-        return {"frames_in": self.frames, "backpressure_waits": self.in_flight.waits, **self.latency.summary()}
+        return {
+            "frames_in": self.frames,
+            "backpressure_waits": self.in_flight.waits,
+            **self.latency.summary(),
+        }
