@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -68,12 +69,17 @@ class Eidetic:
     def store_path(self) -> Path:
         return self.config.store.path
 
-    def ingest(self, sources: list[str] | str, *, hook: ProgressHook | None = None) -> dict[str, Any]:
-        """Ingest files (or directories of files) through the Ray actors; see ``eidetic ingest``."""
+    def ingest(
+        self, sources: list[str] | str, *, hook: ProgressHook | None = None, stop: threading.Event | None = None
+    ) -> dict[str, Any]:
+        """Ingest files, directories of files, streams or devices through the Ray actors; see
+        ``eidetic ingest``. Setting ``stop`` ends live sources (captures flushed) and stops files
+        after their current window; a later call resumes them from the store's journal."""
         from pipeline.graph import run_ingest
 
         self.close()
-        return run_ingest([sources] if isinstance(sources, str) else list(sources), self.config, hook=hook)
+        srcs = [sources] if isinstance(sources, str) else list(sources)
+        return run_ingest(srcs, self.config, hook=hook, stop=stop)
 
     def events(self, media: str, *, progress: Callable[[float, float], None] | None = None) -> dict[str, Any]:
         """Audio triggers of one file, in this process (no Ray); see ``eidetic events``.

@@ -24,6 +24,7 @@ from pipeline.errors import (
 )
 
 logger = logging.getLogger("eidetic")
+EXIT_INTERRUPTED = 130  # files left unfinished by Ctrl-C/SIGTERM (the journal resumes them)
 
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
@@ -66,30 +67,56 @@ def _app(store_dir: str | None, config_path: str | None):
 
 
 def _progress_hook():
-    """A tqdm bar per (source, stage) on a terminal; None when stderr is not a terminal."""
+    """tqdm bars on a terminal: one per source (its stage in the label) and one overall; None when
+    stderr is not a terminal."""
     if not sys.stderr.isatty():
         return None, lambda: None
     from tqdm import tqdm
 
-    bars: dict[tuple[str, str], tqdm] = {}
+    bars: dict[str, tqdm] = {}
 
     def hook(source: str, stage: str, done: float, total: float) -> None:
-        key = (source, stage)
-        if key not in bars:
-            for bar in bars.values():
-                bar.close()
-            bars.clear()
-            bars[key] = tqdm(total=round(total, 1), desc=f"{Path(source).name} [{stage}]", unit="s", file=sys.stderr, leave=False)
-        bar = bars[key]
+        if source not in bars:
+            overall = source == ""
+            bars[source] = tqdm(total=max(total, 0.1), unit="file" if overall else "s", file=sys.stderr,
+                                leave=overall, position=0 if overall else len(bars) + 1)  # fmt: skip
+        bar = bars[source]
+        bar.set_description_str("all files" if source == "" else f"{Path(source).name} [{stage}]", refresh=False)
         bar.total = max(round(total, 1), 0.1)
-        bar.n = round(min(done, total), 1)
+        bar.n = round(min(done, total), 1) if total else round(done, 1)
         bar.refresh()
+        if stage in ("done", "stopped") and source in bars:
+            bars.pop(source).close()
 
     def close() -> None:
         for bar in bars.values():
             bar.close()
 
     return hook, close
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM while ingesting: the first stops cleanly (captures are flushed, files stop
+    after their current window, the journal keeps what is done); a second one aborts."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.stop = threading.Event()
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+        click.echo("eidetic: stopping (flushing open captures; press Ctrl-C again to abort)", err=True)
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,17 +137,35 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 @store_opt
 @config_opt
 @click.option("--every-frame", is_flag=True, help="Decode and process every frame, not only capture windows.")
+@click.option("--audio", "audio_source", help="A separate audio source paired with the (one) video SOURCE.")
 @json_opt
 @click.pass_context
-def ingest(ctx, sources, store_dir, config_path, every_frame, as_json) -> None:
-    """Ingest media files (or folders of them) into the store."""
+def ingest(ctx, sources, store_dir, config_path, every_frame, audio_source, as_json) -> None:
+    """Ingest media files, folders of them, streams (rtsp://, http(s)://, tcp://, udp://...) or
+    devices (v4l2:, alsa:, pulse:) into the store.
+
+    Files are done in parallel and resume where an interrupted run stopped; live sources run
+    until Ctrl-C or SIGTERM (the first stops cleanly, a second aborts).
+    """
     app = _run(ctx, lambda: _app(store_dir, config_path))
     if every_frame:
         app.config = app.config.model_copy(update={"ingest": app.config.ingest.model_copy(update={"every_frame": True})})
+    if audio_source:
+        from pipeline.config import SourceOptions
+
+        if len(sources) != 1:
+            raise Failure(EXIT_USAGE, "--audio pairs one audio source with exactly one video SOURCE")
+        streams = {**app.config.sources.streams}
+        entry = streams.get(sources[0])
+        streams[sources[0]] = (entry.model_copy(update={"audio": audio_source}) if entry is not None
+                               else SourceOptions(audio=audio_source))  # fmt: skip
+        app.config = app.config.model_copy(update={"sources": app.config.sources.model_copy(update={"streams": streams})})
     hook, close = _progress_hook()
+    interrupts = _Interrupts()
     try:
-        doc = _run(ctx, lambda: app.ingest(list(sources), hook=hook))
+        doc = _run(ctx, lambda: app.ingest(list(sources), hook=hook, stop=interrupts.stop))
     finally:
+        interrupts.restore()
         close()
     _emit(doc, as_json, _print_ingest)
     for s in doc["sources"]:  # one line per problem on stderr, with or without --json
@@ -130,6 +175,9 @@ def ingest(ctx, sources, store_dir, config_path, every_frame, as_json) -> None:
             click.echo(f"eidetic: error: {s['source']}: {s['error']}", err=True)
     if any(s["error"] for s in doc["sources"]):
         sys.exit(EXIT_BAD_MEDIA)  # after the good inputs were ingested (DESIGN.md §3)
+    if any(s.get("interrupted") for s in doc["sources"]):
+        click.echo("eidetic: interrupted: run the same command again to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _print_ingest(doc: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from pipeline.config import ServiceConfig
 from pipeline.errors import IngestError
 from pipeline.ingest import MediaInfo, is_url, probe
+from pipeline.sources import SourceSpec, device_kind, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
     out: list[str] = []
     for s in sources:
         p = Path(s)
-        if not is_url(s) and p.is_dir():
+        if not is_url(s) and not device_kind(s) and p.is_dir():
             found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in MEDIA_SUFFIXES)
             out.extend(found or [s])
         else:
@@ -44,7 +46,7 @@ def source_name(source: str) -> str:
     return source if is_url(source) else str(Path(source).resolve())
 
 
-def _error_report(source: str, error: str) -> dict[str, Any]:
+def _error_report(source: str, error: str | None) -> dict[str, Any]:
     return {
         "source": source, "duration_s": None, "frames_decoded": 0, "frames_processed": 0,
         "triggers": 0, "episodes": 0, "wall_s": 0.0, "error": error, "warnings": [], "gaps": [],
@@ -61,37 +63,76 @@ def start_ray(cfg: ServiceConfig) -> bool:
     kwargs: dict[str, Any] = {
         "include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
     }
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, **kwargs)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=0, **kwargs)
+    import signal
+
+    main = threading.current_thread() is threading.main_thread()
+    held = (signal.SIGINT, signal.SIGTERM)
+    mine = {sig: signal.getsignal(sig) for sig in held}
+    if main:  # a stop request during start-up waits for our handlers, not Ray's
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        if cfg.ray.address:
+            ray.init(address=cfg.ray.address, **kwargs)
+        else:
+            ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=0, **kwargs)
+    finally:
+        if main:  # Ray installs its own SIGTERM handler (exit at once): put the caller's back
+            for sig, handler in mine.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
     return True
 
 
-def probe_all(sources: Sequence[str], cfg: ServiceConfig) -> tuple[list[MediaInfo], list[dict]]:
-    """Validate every source before Ray starts: (readable infos, error reports)."""
-    infos, errors = [], []
+def probe_all(sources: Sequence[str], cfg: ServiceConfig) -> tuple[list[Job], list[dict]]:
+    """Validate every source before Ray starts: (jobs, error reports). Files are probed here;
+    live sources are only resolved (opening one would use up a one-client server): their
+    connection errors come back from their actor. Bad config raises ConfigError (exit 2)."""
+    jobs, errors = [], []
     for s in expand_sources(sources):
+        spec = resolve(s, cfg.sources)
+        if spec.live:
+            jobs.append(Job(s, spec, None))
+            continue
         try:
-            infos.append(probe(s, max_dimension=cfg.ingest.max_dimension))
+            cap = spec.options.max_dimension or cfg.ingest.max_dimension
+            info = probe(spec.target, max_dimension=cap, spec=spec)
         except IngestError as e:
             errors.append(_error_report(s, e.cause))
-    return infos, errors
+            continue
+        jobs.append(Job(s, spec, info))
+    return jobs, errors
+
+
+@dataclasses.dataclass
+class Job:
+    """One source to ingest: its name as given, its spec, and (files) what probe found."""
+
+    name: str
+    spec: SourceSpec
+    info: MediaInfo | None
+    actors: tuple = ()
+    ref: Any = None
+    t0: float = 0.0
 
 
 def run_ingest(
-    sources: Sequence[str], cfg: ServiceConfig, *, hook: ProgressHook | None = None
-) -> dict[str, Any]:
+    sources: Sequence[str], cfg: ServiceConfig, *, hook: ProgressHook | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Ingest ``sources`` into ``cfg.store.path`` through the Ray actors.
 
     Returns ``{"sources": [...], "episodes_total": N}`` (the ``eidetic ingest --json`` shape).
-    Bad sources are reported with their ``error`` and do not stop the others.
+    Bad sources are reported with their ``error`` and do not stop the others. Files run
+    ``cfg.ingest.parallel`` at a time (their shards' audio passes in parallel too); live sources
+    all at once, until ``stop`` is set (then every source drains: open captures are stored, and
+    files stop after their current window; the journal lets the next run resume).
     """
-    infos, reports = probe_all(sources, cfg)
-    if infos:
+    jobs, reports = probe_all(sources, cfg)
+    if jobs:
         started = start_ray(cfg)
         try:
-            reports.extend(_run_graph(infos, cfg, hook))
+            reports.extend(Runner(jobs, cfg, hook, stop or threading.Event()).run())
         finally:
             if started:
                 import ray
@@ -102,52 +143,110 @@ def run_ingest(
     return {"sources": reports, "episodes_total": sum(r["episodes"] for r in reports)}
 
 
-def _run_graph(infos: list[MediaInfo], cfg: ServiceConfig, hook: ProgressHook | None) -> list[dict]:
-    import ray
+class Runner:
+    """Runs the jobs on the actors: bounded file parallelism, live sources alongside, progress."""
 
-    from pipeline.actors.ingest_actor import IngestActor
-    from pipeline.actors.memory_actor import MemoryActor
-    from pipeline.actors.perception_actor import PerceptionActor
-    from pipeline.actors.trigger_actor import TriggerActor
+    def __init__(self, jobs: list[Job], cfg: ServiceConfig, hook: ProgressHook | None, stop: threading.Event) -> None:
+        import ray
 
-    cfg.store.path.mkdir(parents=True, exist_ok=True)
-    memory = MemoryActor.remote(str(cfg.store.path.resolve()), cfg.memory, cfg.retention)
-    perception = PerceptionActor.remote(cfg.perception, memory, cfg.ray.max_in_flight)
-    reports = []
-    for i, info in enumerate(infos):
-        stream_id = f"{i}:{Path(info.source).name}"
-        trigger = TriggerActor.remote(stream_id, cfg.trigger, str(cfg.store.path))
-        named = dataclasses.replace(info, source=source_name(info.source))
-        actor = IngestActor.remote(named, stream_id, cfg)
-        t0 = time.perf_counter()
+        from pipeline.actors.memory_actor import MemoryActor
+
+        self.cfg, self.hook, self.stop = cfg, hook, stop
+        self.files = [j for j in jobs if not j.spec.live]
+        self.live = [j for j in jobs if j.spec.live]
+        cfg.store.path.mkdir(parents=True, exist_ok=True)
+        self.memory = MemoryActor.remote(str(cfg.store.path.resolve()), cfg.memory, cfg.retention)
+        cpus = int(ray.available_resources().get("CPU", 1)) or 1
+        self.parallel = cfg.ingest.parallel or max(1, cpus)
+        self.reports: list[dict] = []
+        self.stopped = False
+
+    def run(self) -> list[dict]:
+        import ray
+
+        waiting = list(self.files)
+        running = [self._start(j, i) for i, j in enumerate(self.live)]
+        n_files, index = len(self.files), len(self.live)
+        while waiting or running:
+            if self.stop.is_set() and not self.stopped:
+                self._stop_all(running)
+                for job in waiting:  # never started: the next run does them
+                    self.reports.append({**_error_report(job.name, None), "interrupted": True,
+                                         "duration_s": job.info.duration_s if job.info else None})  # fmt: skip
+                waiting = []
+            while waiting and sum(1 for j in running if not j.spec.live) < self.parallel:
+                running.append(self._start(waiting.pop(0), index))
+                index += 1
+            ready, _ = ray.wait([j.ref for j in running], num_returns=1, timeout=POLL_S)
+            for job in [j for j in running if j.ref in ready]:
+                running.remove(job)
+                self._finish(job)
+            self._progress(running, n_files)
+        ray.get(self.memory.close.remote())
+        return self.reports
+
+    def _start(self, job: Job, index: int) -> Job:
+        from pipeline.actors.ingest_actor import IngestActor, LiveIngestActor
+        from pipeline.actors.perception_actor import PerceptionActor
+        from pipeline.actors.trigger_actor import TriggerActor
+
+        stream_id = f"{index}:{Path(job.name).name or job.name}"
+        perception = PerceptionActor.remote(self.cfg.perception, self.memory, self.cfg.ray.max_in_flight)
+        job.t0 = time.perf_counter()
+        if job.spec.live:
+            trigger = TriggerActor.remote(stream_id, self.cfg.trigger, str(self.cfg.store.path))
+            actor = LiveIngestActor.remote(job.spec, stream_id, self.cfg)
+            job.actors = (actor, trigger, perception)
+            job.ref = actor.run.remote(trigger, perception, self.memory)
+        else:
+            named = dataclasses.replace(job.info, source=source_name(job.spec.target))
+            actor = IngestActor.remote(named, stream_id, self.cfg)
+            job.actors = (actor, perception)
+            job.ref = actor.run.remote(perception, self.memory)
+        return job
+
+    def _finish(self, job: Job) -> None:
+        import ray
+
         try:
-            result = _wait(actor, actor.run.remote(trigger, perception, memory), info.source, hook)
-            reports.append({"source": info.source, "duration_s": info.duration_s, **result, "error": None})
+            result = ray.get(job.ref)
+            duration = result.pop("duration_s", None) or (job.info.duration_s if job.info else None)
+            error = result.pop("error", None)
+            self.reports.append({"source": job.name, "duration_s": duration, **result, "error": error})
         except ray.exceptions.RayError as e:
-            logger.error("%s: ingest failed: %s", info.source, e)
-            report = _error_report(info.source, f"ingest failed: {_cause(e)}")
-            report["wall_s"] = round(time.perf_counter() - t0, 3)
-            reports.append(report)
+            cause = _cause(e)
+            logger.error("%s: ingest failed: %s", job.name, cause)
+            report = _error_report(job.name, cause if job.spec.live else f"ingest failed: {cause}")
+            report["wall_s"] = round(time.perf_counter() - job.t0, 3)
+            self.reports.append(report)
         finally:
-            ray.kill(actor)
-            ray.kill(trigger)
-    ray.get(memory.close.remote())
-    return reports
+            for actor in job.actors:
+                ray.kill(actor)
 
+    def _stop_all(self, running: list[Job]) -> None:
+        self.stopped = True
+        logger.warning("stopping: live captures are flushed, files stop after their current window")
+        for job in running:
+            job.actors[0].stop.remote()
 
-def _wait(actor, ref, source: str, hook: ProgressHook | None) -> dict:
-    import ray
+    def _progress(self, running: list[Job], n_files: int) -> None:
+        import ray
 
-    while True:
-        ready, _ = ray.wait([ref], timeout=POLL_S)
-        if ready:
-            return ray.get(ref)
-        if hook is not None:
-            stage, done, total = ray.get(actor.progress.remote())
-            hook(source, stage, done, total)
+        if self.hook is None:
+            return
+        for job in running:
+            try:
+                stage, done, total = ray.get(job.actors[0].progress.remote(), timeout=POLL_S)
+            except ray.exceptions.RayError:
+                continue
+            self.hook(job.name, stage, done, total)
+        finished = sum(1 for r in self.reports if r["source"] in {j.name for j in self.files})
+        self.hook("", "overall", float(finished), float(n_files))
 
 
 def _cause(e: Exception) -> str:
     """The innermost message of a Ray error, on one line."""
     cause = getattr(e, "cause", None) or e
+    if isinstance(cause, IngestError):
+        return cause.cause
     return str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__

@@ -207,3 +207,24 @@ def write_frames(path: Path, times: list[float], *, fmt: str | None = None, widt
         for pkt in vs.encode():
             out.mux(pkt)
     return path
+
+
+def square_offset(image: np.ndarray, i: int, *, width: int = 160, height: int = 120) -> float:
+    """How far (px, red x + green y centres) ``image`` is from :func:`moving_squares` frame ``i``.
+
+    Below 1 px means ``image`` is frame ``i``: frames 37 apart differ by 1 px in both (2 px in
+    all), any other pair by more.
+    """
+    rgb = image.astype(int)
+    red = (rgb[..., 0] > 150) & (rgb[..., 1] < 100) & (rgb[..., 2] < 100)
+    green = (rgb[..., 1] > 140) & (rgb[..., 0] < 100) & (rgb[..., 2] < 110)
+    want_red, want_green = square_masks(i, width=width, height=height)
+    x = np.flatnonzero(red.sum(axis=0) > red.shape[0] // 8).mean()
+    y = np.flatnonzero(green.sum(axis=1) > green.shape[1] // 16).mean()
+    return float(abs(x - want_red.any(axis=0).nonzero()[0].mean()) + abs(y - want_green.any(axis=1).nonzero()[0].mean()))
+
+
+def shows_frame(image: np.ndarray, i: float, *, tolerance: int = 1) -> bool:
+    """True when ``image`` is :func:`moving_squares` frame ``round(i)`` ± ``tolerance`` frames."""
+    k = int(round(i))
+    return min(square_offset(image, j) for j in range(max(0, k - tolerance), k + tolerance + 1)) < 1.0

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterator
 
-import numpy as np
 import ray
 
 from pipeline.actors.common import InFlight
 from pipeline.config import ServiceConfig
-from pipeline.ingest import DecodeCounter, MediaInfo, iter_audio, iter_video
+from pipeline.errors import IngestError
+from pipeline.ingest import DecodeCounter, MediaInfo, iter_video
+from pipeline.journal import Journal, file_key
+from pipeline.sources import SourceSpec
 from pipeline.types import CaptureWindow, FramePacket
 
 logger = logging.getLogger(__name__)
@@ -28,54 +32,111 @@ def continuous_windows(stream_id: str, duration_s: float, max_window_s: float) -
     ]
 
 
+def plan_shards(duration_s: float | None, shard_s: float) -> list[tuple[float, float | None]]:
+    """``[start, end)`` spans of ``shard_s`` covering a file (the last one open-ended)."""
+    n = 1 if not duration_s else max(1, int(round(duration_s / shard_s)))
+    return [(i * shard_s, None if i == n - 1 else (i + 1) * shard_s) for i in range(n)]
+
+
 @ray.remote(num_cpus=0, max_concurrency=2)
 class IngestActor:
-    """Decodes one file source; ``progress()`` answers while ``run()`` works (two threads)."""
+    """Ingests one file: shards' audio passes run as parallel Ray tasks, each shard's windows are
+    decoded and perceived as soon as its audio is done, in order; the journal records every
+    finished step. ``progress()`` answers while ``run()`` works (two threads)."""
 
     def __init__(self, info: MediaInfo, stream_id: str, cfg: ServiceConfig) -> None:
         self.info, self.stream_id, self.cfg = info, stream_id, cfg
         self.stage, self.done, self.total = "starting", 0.0, info.duration_s or 0.0
         self.report = {"frames_decoded": 0, "frames_processed": 0, "triggers": 0, "episodes": 0}
         self.log = DecodeCounter(warnings=list(info.warnings))  # damage seen while reading
-        self.peak = 0.0  # loudest audio sample seen (a silent track falls back to video)
+        self.stopping = False
+        self.journal = Journal(cfg.store.path)
+        self.key = file_key(info.source)
 
     def progress(self) -> tuple[str, float, float]:
         return self.stage, self.done, self.total
 
-    def run(self, trigger, perception, memory) -> dict:
-        """Ingest the whole source; returns the per-source report of ``eidetic ingest``."""
-        t0 = time.perf_counter()
-        windows, sounds = self._audio_pass(trigger) if self.info.has_audio else ([], [])
-        if sounds:
-            ray.get(memory.add_sounds.remote(self.info.source, sounds))
-        if self.info.has_video and (not self.info.has_audio or self.peak < SILENT_PEAK):
-            why = "has no audio" if not self.info.has_audio else "has a silent audio track"
-            logger.warning("%s %s: using the visual-change trigger", self.info.source, why)
-            windows = self._visual_pass()
-        if self.cfg.ingest.every_frame and self.info.has_video:
-            windows = continuous_windows(self.stream_id, self.total, self.cfg.trigger.max_window_s)
-        self._video_pass(windows, sounds, perception)
-        self.stage = "done"
-        wall = round(time.perf_counter() - t0, 3)
-        return {**self.report, "wall_s": wall, "warnings": list(self.log.warnings), "gaps": []}
+    def stop(self) -> None:
+        """Finish the window being stored, then stop (the journal knows what is left)."""
+        self.stopping = True
 
-    def _audio_pass(self, trigger) -> tuple[list[CaptureWindow], list]:
-        self.stage = "audio"
-        in_flight = InFlight(self.cfg.ray.max_in_flight)
-        end = 0.0
-        chunks = iter_audio(self.info.source, stream_id=self.stream_id, chunk_s=self.cfg.ingest.chunk_s, counter=self.log)
-        for chunk in chunks:
-            if chunk.samples.size:
-                self.peak = max(self.peak, float(np.max(np.abs(chunk.samples))))
-            in_flight.add(trigger.feed.remote(chunk))
-            end = chunk.t_end
-            self.done = end
-        events = [e for batch in in_flight.drain() for e in batch]
-        last, windows, sounds = ray.get(trigger.finish.remote(self.info.duration_s or end))
-        ends = [e for e in events + last if e.state.value == "end"]
-        self.report["triggers"] = sum(1 for e in ends if e.accepted)
-        self.total = max(self.total, end)
-        return windows, sounds
+    def run(self, perception, memory) -> dict:
+        """Ingest the whole file; returns the per-source report of ``eidetic ingest``."""
+        t0 = time.perf_counter()
+        self._memory = memory
+        done = self.journal.get(self.key, "file")
+        if done is not None:
+            self.stage = "done"
+            return {**done, "resumed": True}
+        shards = self._shards()
+        for k, (scan, windows) in enumerate(shards):
+            if self.stopping:
+                break
+            if not self.journal.has(self.key, "shard", shard=k):
+                self._video_pass(k, windows, scan["sounds"], perception)
+            if not self.stopping:
+                self.journal.put(self.key, "shard", shard=k)
+        self.stage = "stopped" if self.stopping else "done"
+        wall = round(time.perf_counter() - t0, 3)
+        report = {**self.report, "wall_s": wall, "warnings": list(self.log.warnings), "gaps": []}
+        if self.stopping:
+            report["interrupted"] = True  # the journal keeps what was stored: run again to resume
+        else:
+            self.journal.put(self.key, "file", report)
+        return report
+
+    # ------------------------------------------------------------------ audio first
+
+    def _shards(self) -> Iterator[tuple[dict, list[CaptureWindow]]]:
+        """Each shard's audio result and capture windows, in order (scans run ahead, in parallel)."""
+        from pipeline.actors.trigger_actor import scan_shard
+
+        ing, info = self.cfg.ingest, self.info
+        if not info.has_audio:
+            yield from self._fallback("has no audio")
+            return
+        spans = plan_shards(info.duration_s, ing.shard_s) if not ing.every_frame else [(0.0, None)]
+        refs = [
+            None if self.journal.has(self.key, "audio", shard=k) else scan_shard.remote(
+                info.source, self.stream_id, self.cfg.trigger, chunk_s=ing.chunk_s,
+                store_path=str(self.cfg.store.path), start_s=a, end_s=b,
+                warmup_s=ing.shard_warmup_s, tail_s=self.cfg.trigger.max_window_s,
+            )
+            for k, (a, b) in enumerate(spans)
+        ]  # fmt: skip
+        peak = 0.0
+        for k, ref in enumerate(refs):
+            self.stage = f"audio {k + 1}/{len(refs)}"
+            scan = self.journal.get(self.key, "audio", shard=k) if ref is None else ray.get(ref)
+            if ref is not None:
+                self.log.warnings += [w for w in scan["warnings"] if w not in self.log.warnings]
+                if scan["sounds"]:
+                    ray.get(self.memory_add_sounds(scan["sounds"]))
+                scan["sounds_logged"] = True
+                self.journal.put(self.key, "audio", scan, shard=k)
+            peak = max(peak, scan["peak"])
+            self.report["triggers"] += scan["triggers"]
+            self.total = max(self.total, scan["end"])
+            if k == len(refs) - 1 and info.has_video and peak < SILENT_PEAK:
+                yield from self._fallback("has a silent audio track")
+                return
+            windows = scan["windows"]
+            if ing.every_frame and info.has_video:
+                windows = continuous_windows(self.stream_id, self.total, self.cfg.trigger.max_window_s)
+            yield scan, windows
+
+    def memory_add_sounds(self, sounds: list):
+        return self._memory.add_sounds.remote(self.info.source, sounds)
+
+    def _fallback(self, why: str) -> Iterator[tuple[dict, list[CaptureWindow]]]:
+        if not self.info.has_video:
+            return
+        logger.warning("%s %s: using the visual-change trigger", self.info.source, why)
+        self.log.warn(self.info.source, f"{why}: visual-change trigger used")
+        windows = self._visual_pass()
+        if self.cfg.ingest.every_frame:
+            windows = continuous_windows(self.stream_id, self.total, self.cfg.trigger.max_window_s)
+        yield {"sounds": []}, windows
 
     def _visual_pass(self) -> list[CaptureWindow]:
         """Windows around visual changes (whole video decoded at ``trigger.visual_fps``)."""
@@ -93,35 +154,37 @@ class IngestActor:
             duration_s=self.total or None,
         )
 
-    def _video_pass(self, windows: list[CaptureWindow], sounds: list, perception) -> None:
-        """Decode video inside every window in one pass over the file (one open, one seek per
-        window), feeding each window's frames between its perception begin/end."""
-        self.stage, self.done = "video", 0.0
-        self.total = sum(w.t_end - w.t_start for w in windows) or 1.0
+    # ------------------------------------------------------------------ video in windows
+
+    def _video_pass(self, shard: int, windows: list[CaptureWindow], sounds: list, perception) -> None:
+        """Decode the shard's windows in one pass (GOP-aware seeks) and feed each window's frames
+        between its perception begin/end; every stored window is journaled."""
+        self.stage = "video"
+        todo = [(i, w) for i, w in enumerate(windows) if not self.journal.has(self.key, "window", shard=shard, item=i)]
         in_flight = InFlight(self.cfg.ray.max_in_flight)
         counter = self.log
-        decoded_before = counter.decoded
-        packets = self._packets(windows, counter)
+        packets = self._packets([w for _, w in todo], counter)
         packet = next(packets, None)
-        done_before = 0.0
-        for window in windows:
+        for i, window in todo:
+            if self.stopping:
+                return
             inside = [s for s in sounds if s.t_end >= window.t_start and s.t_start <= window.t_end]
             in_flight.add(perception.begin.remote(window, self.info.source, inside))
             pending_triggers = sorted(s.t_start for s in inside)
             while packet is not None and packet.t <= window.t_end:
-                force = bool(pending_triggers) and packet.t >= pending_triggers[0]
-                while pending_triggers and packet.t >= pending_triggers[0]:
-                    pending_triggers.pop(0)
-                in_flight.add(perception.step.remote(self.info.source, packet, force))
-                self.report["frames_processed"] += 1
-                self.report["frames_decoded"] = counter.decoded - decoded_before
-                self.done = done_before + max(0.0, packet.t - window.t_start)
+                if packet.t >= window.t_start:
+                    force = bool(pending_triggers) and packet.t >= pending_triggers[0]
+                    while pending_triggers and packet.t >= pending_triggers[0]:
+                        pending_triggers.pop(0)
+                    in_flight.add(perception.step.remote(self.info.source, packet, force))
+                    self.report["frames_processed"] += 1
+                self.done = max(self.done, packet.t)
                 packet = next(packets, None)
             in_flight.drain()
-            self.report["frames_decoded"] = counter.decoded - decoded_before
-            done_before += window.t_end - window.t_start
-            if ray.get(perception.end.remote(self.info.source, window)) is not None:
-                self.report["episodes"] += 1
+            episode = ray.get(perception.end.remote(self.info.source, window))
+            self.journal.put(self.key, "window", episode, shard=shard, item=i)
+            self.report["episodes"] += episode is not None
+            self.report["frames_decoded"] = counter.decoded
 
     def _packets(self, windows: list[CaptureWindow], counter: DecodeCounter) -> Iterator[FramePacket]:
         if not self.info.has_video or not windows:
@@ -133,4 +196,116 @@ class IngestActor:
             fps=None if self.cfg.ingest.every_frame else self.cfg.ingest.perception_fps,
             max_side=self.cfg.ingest.max_side,
             counter=counter,
+            fast=self.cfg.ingest.fast_decode and not self.cfg.ingest.every_frame,
         )
+
+
+class WindowSink:
+    """Hands finished live captures to perception on a thread, through a queue bounded in frames:
+    when perception falls behind, a new capture's frames are dropped (counted), never queued."""
+
+    def __init__(self, source: str, trigger, perception, memory, *, max_frames: int) -> None:
+        self.source, self.trigger, self.perception, self.memory = source, trigger, perception, memory
+        self.max_frames = max_frames
+        self.queue: queue.Queue = queue.Queue()
+        self.queued_frames = 0
+        self.lock = threading.Lock()
+        self.episodes = self.frames_dropped = self.windows_dropped = 0
+        self.thread = threading.Thread(target=self._work, name=f"sink-{source}", daemon=True)
+        self.thread.start()
+
+    def put(self, window: CaptureWindow, frames: list[FramePacket]) -> None:
+        with self.lock:
+            if self.queued_frames + len(frames) > self.max_frames:
+                self.frames_dropped += len(frames)
+                self.windows_dropped += 1
+                logger.warning("%s: perception behind, capture %.1f-%.1f s dropped (%d frames)",
+                               self.source, window.t_start, window.t_end, len(frames))  # fmt: skip
+                frames = []
+            self.queued_frames += len(frames)
+        self.queue.put((window, frames))
+
+    def close(self) -> None:
+        """Drain: every queued capture is stored before this returns."""
+        self.queue.put(None)
+        self.thread.join()
+
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            window, frames = item
+            try:
+                self._store(window, frames)
+            except ray.exceptions.RayError as e:
+                logger.error("%s: capture %.1f s not stored: %s", self.source, window.t_start, e)
+            with self.lock:
+                self.queued_frames -= len(frames)
+
+    def _store(self, window: CaptureWindow, frames: list[FramePacket]) -> None:
+        sounds = ray.get(self.trigger.sounds_between.remote(window.t_start, window.t_end))
+        new = ray.get(self.trigger.take_sounds.remote())
+        if new:
+            self.memory.add_sounds.remote(self.source, new)
+        wall = frames[0].wall_time - (frames[0].t - window.t_start) if frames and frames[0].wall_time else None
+        in_flight = InFlight(8)
+        in_flight.add(self.perception.begin.remote(window, self.source, sounds, wall))
+        onsets = sorted(s.t_start for s in sounds)
+        for f in frames:
+            force = bool(onsets) and f.t >= onsets[0]
+            onsets = [o for o in onsets if o > f.t]
+            in_flight.add(self.perception.step.remote(self.source, f, force))
+        in_flight.drain()
+        if ray.get(self.perception.end.remote(self.source, window)) is not None:
+            self.episodes += 1
+
+
+@ray.remote(num_cpus=0, max_concurrency=2)
+class LiveIngestActor:
+    """Captures one live source until ``stop()``; ``progress()`` answers meanwhile."""
+
+    def __init__(self, spec: SourceSpec, stream_id: str, cfg: ServiceConfig) -> None:
+        from pipeline.live import LiveCapture
+
+        ing, trig = cfg.ingest, cfg.trigger
+        self.spec, self.cfg = spec, cfg
+        self.capture = LiveCapture(
+            spec, stream_id=stream_id, chunk_s=ing.chunk_s,
+            fps=None if ing.every_frame else ing.perception_fps, max_side=ing.max_side,
+            pre_roll_s=trig.pre_roll_s, post_roll_s=trig.post_roll_s, max_window_s=trig.max_window_s,
+            ring_max_mb=cfg.sources.ring_max_mb, max_pending_frames=cfg.sources.max_pending_frames,
+            fast=ing.fast_decode and not ing.every_frame,
+        )  # fmt: skip
+
+    def progress(self) -> tuple[str, float, float]:
+        return self.capture.status, self.capture.stats.t, 0.0
+
+    def stats(self) -> dict:
+        return self.capture.report()
+
+    def stop(self) -> None:
+        self.capture.stop.set()
+
+    def run(self, trigger, perception, memory) -> dict:
+        t0 = time.perf_counter()
+        sink = WindowSink(self.spec.name, trigger, perception, memory,
+                          max_frames=self.cfg.sources.max_pending_frames)  # fmt: skip
+        try:
+            report = self.capture.run(
+                lambda chunk: ray.get(trigger.feed.remote(chunk)), sink.put,
+                flush=lambda: ray.get(trigger.flush.remote()),
+            )  # fmt: skip
+        except IngestError as e:  # the first connection failed: a bad source, reported
+            return {"error": e.cause, "episodes": 0, "frames_decoded": 0, "frames_processed": 0,
+                    "triggers": 0, "wall_s": round(time.perf_counter() - t0, 3), "warnings": [], "gaps": []}
+        finally:
+            sink.close()
+        rest = ray.get(trigger.take_sounds.remote())
+        if rest:
+            ray.get(memory.add_sounds.remote(self.spec.name, rest))
+        return {
+            "frames_decoded": report["frames_decoded"],
+            "frames_processed": report["frames_processed"] - sink.frames_dropped,
+            "triggers": report["triggers"], "episodes": sink.episodes,
+            "wall_s": round(time.perf_counter() - t0, 3), "warnings": report["warnings"],
+            "gaps": report["gaps"], "duration_s": report["duration_s"], "status": report["status"],
+            "frames_dropped": report["frames_dropped"] + sink.frames_dropped,
+        }  # fmt: skip

@@ -1,0 +1,197 @@
+"""Ingest speed against a plain full decode, in one run, as ratios (issue 4, DESIGN.md §4).
+
+    python -m benchmarks.ingest_speed [--media F] [--repeat 3] [--skip-live]
+
+Measures on the same file, interleaved ``--repeat`` times (median and spread reported):
+
+- ``ffmpeg``: ``ffmpeg -threads 2 -i F -f null -`` (Debian's ffmpeg), wall and CPU time;
+- ``pyav_decode``: PyAV decoding every video frame (``thread_type="AUTO"``), nothing else;
+- ``ingest_path``: what ingest does before perception, in one process: audio decode + trigger
+  policy (default config) + video decoded only inside the capture windows, sampled at
+  ``ingest.perception_fps`` (2 fps);
+- ``every_frame``: ``iter_video`` with every frame decoded and converted (``--every-frame``);
+- ``eidetic_ingest``: the ``eidetic ingest F`` command end to end (Ray start, actors, perception,
+  store), default config, in a fresh process.
+
+Ratios are ffmpeg's wall time over each one (higher is faster). The CPU is shared: ``uptime`` is
+printed before and after, and CPU seconds (user + sys; children included for ffmpeg) are reported
+next to wall seconds because they depend less on the other load (for ``eidetic_ingest`` only
+the driver process is counted: Ray workers are not its children). ``--skip-live`` leaves out the
+live-stream figures (:mod:`benchmarks.live_cost`). Writes ``benchmarks/results/ingest_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "ingest_speed.json"
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def _cpu() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def timed(fn: Callable[[], dict | None]) -> dict:
+    """Run ``fn``; its dict of facts plus wall_s and cpu_s (this process and its children)."""
+    c0, t0 = _cpu(), time.perf_counter()
+    facts = fn() or {}
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - c0, **facts}
+
+
+def run_ffmpeg(media: Path) -> dict:
+    subprocess.run(["ffmpeg", "-v", "error", "-threads", "2", "-i", str(media), "-f", "null", "-"], check=True)
+    return {}
+
+
+def run_pyav(media: Path) -> dict:
+    import av
+
+    n = 0
+    with av.open(str(media)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        for _ in c.decode(stream):
+            n += 1
+    return {"frames": n}
+
+
+def run_ingest_path(media: Path) -> dict:
+    from pipeline.config import load_config
+    from pipeline.ingest import DecodeCounter, iter_audio, iter_video
+    from pipeline.triggers import TriggerPolicy
+
+    cfg = load_config(environ={})
+    policy = TriggerPolicy.from_config("bench", cfg.trigger)  # model load: part of the path
+    end = 0.0
+    for chunk in iter_audio(str(media), stream_id="bench", chunk_s=cfg.ingest.chunk_s):
+        policy.feed(chunk)
+        end = chunk.t_end
+    policy.flush()
+    windows = policy.windows(end)
+    log = DecodeCounter()
+    frames = iter_video(
+        str(media), stream_id="bench", windows=[(w.t_start, w.t_end) for w in windows],
+        fps=cfg.ingest.perception_fps, max_side=cfg.ingest.max_side, counter=log,
+        fast=cfg.ingest.fast_decode,
+    )  # fmt: skip
+    kept = sum(1 for _ in frames)
+    captured = sum(w.t_end - w.t_start for w in windows)
+    return {"windows": len(windows), "captured_s": round(captured, 1), "capture_fraction": round(captured / end, 3),
+            "frames_decoded": log.decoded, "frames_kept": kept, "seeks": log.seeks}  # fmt: skip
+
+
+def run_every_frame(media: Path) -> dict:
+    from pipeline.ingest import DecodeCounter, iter_video
+
+    log = DecodeCounter()
+    kept = sum(1 for _ in iter_video(str(media), stream_id="bench", fps=None, counter=log))
+    return {"frames": kept}
+
+
+def run_eidetic(media: Path) -> dict:
+    with tempfile.TemporaryDirectory(prefix="eidetic-bench-") as store:
+        r = subprocess.run(
+            [sys.executable, "-m", "pipeline", "ingest", str(media), "--store", store, "--json"],
+            capture_output=True, text=True, cwd=REPO,
+        )  # fmt: skip
+    if r.returncode != 0:
+        raise RuntimeError(f"eidetic ingest failed ({r.returncode}): {r.stderr[-2000:]}")
+    (src,) = json.loads(r.stdout)["sources"]
+    return {k: src[k] for k in ("frames_decoded", "frames_processed", "triggers", "episodes", "wall_s")}
+
+
+def _warm() -> None:
+    """Pay one-time process costs (librosa's JIT, model load) outside the timed ingest path."""
+    from models.audio.features import warm_up
+
+    warm_up()
+
+
+def summarize(runs: list[dict]) -> dict:
+    wall = [r["wall_s"] for r in runs]
+    cpu = [r["cpu_s"] for r in runs]
+    facts = {k: v for k, v in runs[-1].items() if k not in ("wall_s", "cpu_s")}
+    return {
+        "wall_s": round(statistics.median(wall), 2), "wall_min_max": [round(min(wall), 2), round(max(wall), 2)],
+        "cpu_s": round(statistics.median(cpu), 2), "cpu_min_max": [round(min(cpu), 2), round(max(cpu), 2)],
+        "runs": len(runs), **facts,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    from benchmarks.bench_media import make_media
+    from tests.conftest import shared_data_dir
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--media", type=Path, help="Use this file instead of the generated one.")
+    ap.add_argument("--repeat", type=int, default=3, help="Interleaved repetitions (default 3).")
+    ap.add_argument("--skip", nargs="*", default=[], help="Stages to leave out (e.g. every_frame).")
+    ap.add_argument("--skip-live", action="store_true", help="Leave out the live-stream figures.")
+    args = ap.parse_args(argv)
+    media, truth = (args.media, {}) if args.media else make_media(shared_data_dir())
+    print(f"media: {media}", file=sys.stderr)
+    load_before = uptime()
+    print(load_before, file=sys.stderr)
+    _warm()
+    stages = {
+        "ffmpeg": run_ffmpeg, "pyav_decode": run_pyav, "ingest_path": run_ingest_path,
+        "every_frame": run_every_frame, "eidetic_ingest": run_eidetic,
+    }  # fmt: skip
+    stages = {k: v for k, v in stages.items() if k not in args.skip}
+    runs: dict[str, list[dict]] = {k: [] for k in stages}
+    for i in range(args.repeat):
+        for name, fn in stages.items():
+            runs[name].append(timed(lambda fn=fn: fn(media)))
+            print(f"run {i + 1}/{args.repeat} {name}: {runs[name][-1]['wall_s']:.1f} s wall", file=sys.stderr)
+    result = {name: summarize(r) for name, r in runs.items()}
+    ff = result.get("ffmpeg", {}).get("wall_s")
+    ratios = {f"ffmpeg_over_{k}": round(ff / v["wall_s"], 2) for k, v in result.items() if ff and k != "ffmpeg"}
+    if "every_frame" in result and "pyav_decode" in result:
+        ratios["every_frame_over_pyav"] = round(result["every_frame"]["wall_s"] / result["pyav_decode"]["wall_s"], 2)
+        ratios["every_frame_over_pyav_cpu"] = round(result["every_frame"]["cpu_s"] / result["pyav_decode"]["cpu_s"], 2)
+    doc = {
+        "media": str(media), "truth_event_fraction": truth.get("event_fraction"), "cpus": os.cpu_count(),
+        "uptime_before": load_before, "uptime_after": uptime(), "stages": result, "ratios": ratios,
+    }  # fmt: skip
+    if not args.skip_live:
+        from benchmarks.live_cost import live_figures
+
+        doc["live"] = live_figures(media)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
+    _table(doc)
+
+
+def _table(doc: dict) -> None:
+    print(f"{'stage':<16} {'wall s':>8} {'(min-max)':>15} {'cpu s':>8} {'ffmpeg/x':>9}")
+    for name, r in doc["stages"].items():
+        ratio = doc["ratios"].get(f"ffmpeg_over_{name}", 1.0 if name == "ffmpeg" else None)
+        lo, hi = r["wall_min_max"]
+        print(f"{name:<16} {r['wall_s']:>8.1f} {f'({lo:.1f}-{hi:.1f})':>15} {r['cpu_s']:>8.1f} "
+              f"{'' if ratio is None else f'{ratio:.2f}x':>9}")  # fmt: skip
+    for k, v in doc["ratios"].items():
+        if k.startswith("every_frame"):
+            print(f"{k}: {v}")
+    for k, v in (doc.get("live") or {}).items():
+        print(f"live {k}: {v}")
+    print(f"load before: {doc['uptime_before']}\nload after:  {doc['uptime_after']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Batch ingest on real Ray actors: a folder fans out (one bad file reported, the rest stored), long
+files are sharded, SIGTERM stops cleanly and the next run resumes from the journal without redoing
+or duplicating anything; a live TCP stream is ingested until SIGTERM, its capture stored."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.journal import JOURNAL_NAME
+from tests.media import write_video
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ENV = {**os.environ, "EIDETIC__RAY__NUM_CPUS": "2", "EIDETIC__TRIGGER__DETECTOR": "energy"}
+
+
+def eidetic(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**ENV, **(env or {})})  # fmt: skip
+
+
+def _episodes(store: Path) -> list[tuple[str, float]]:
+    with sqlite3.connect(store / "eidetic.db") as db:
+        return sorted(db.execute("SELECT source, t_start FROM episodes").fetchall())
+
+
+def _shards_done(journal: Path) -> int:
+    if not journal.exists():
+        return 0
+    with sqlite3.connect(journal) as db:
+        try:
+            return db.execute("SELECT count(*) FROM entries WHERE kind='shard'").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+
+
+def test_folder_fans_out_and_reports_the_bad_file(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        write_video(folder / f"clip{i}.mp4", duration_s=4.0, clicks_at=[1.0 + i * 0.5])
+    (folder / "broken.mp4").write_bytes(b"\x00" * 4096)
+    store = tmp_path / "store"
+    r = eidetic("ingest", str(folder), "--store", str(store), "--json")
+    assert r.returncode == 3, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    by_name = {Path(s["source"]).name: s for s in doc["sources"]}
+    assert by_name["broken.mp4"]["error"] and "broken.mp4" in r.stderr
+    for i in range(3):
+        assert by_name[f"clip{i}.mp4"]["error"] is None and by_name[f"clip{i}.mp4"]["episodes"] == 1
+    assert len(_episodes(store)) == 3
+    again = eidetic("ingest", str(folder), "--store", str(store), "--json")  # all done: nothing redone
+    assert again.returncode == 3
+    assert all(s.get("resumed") for s in json.loads(again.stdout)["sources"] if s["error"] is None)
+    assert len(_episodes(store)) == 3
+
+
+def test_sigterm_stops_cleanly_and_the_next_run_resumes(tmp_path):
+    clicks = [2.0 + 6.0 * k for k in range(10)]  # one sound every 6 s over 60 s
+    video = write_video(tmp_path / "long.mp4", duration_s=60.0, clicks_at=clicks)
+    store = tmp_path / "store"
+    env = {**ENV, "EIDETIC__INGEST__SHARD_S": "12", "EIDETIC__INGEST__PERCEPTION_FPS": "6"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ingest", str(video), "--store", str(store), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    journal = store / JOURNAL_NAME
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:  # until the first shard is stored
+        if _shards_done(journal):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    first = json.loads(out)
+    (src,) = first["sources"]
+    assert proc.returncode in (0, 130), err[-2000:]
+    assert "Traceback" not in err
+    stored = _episodes(store)
+    if proc.returncode == 130:  # stopped before the end: resumable
+        assert src["interrupted"] and 1 <= len(stored) < len(clicks)
+    r = eidetic("ingest", str(video), "--store", str(store), "--json", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    final = _episodes(store)
+    assert len(final) == len(clicks) and len({t for _, t in final}) == len(clicks)  # none twice
+    for click in clicks:
+        assert any(t <= click <= t + 3.0 for _, t in final)
+    assert stored == [e for e in final if e in stored]  # what the first run stored was kept
+
+
+def test_live_stream_until_sigterm(tmp_path):
+    from tests.test_pipeline_live import _free_port, serve
+
+    media = write_video(tmp_path / "cam.mp4", duration_s=60.0, clicks_at=[2.0], gop=12)
+    port = _free_port()
+    server = serve(media, port)
+    store = tmp_path / "store"
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ingest", url, "--store", str(store), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # the click's episode stored
+            if (store / "eidetic.db").exists() and _episodes(store):
+                break
+            time.sleep(0.2)
+        time.sleep(8.0)  # quiet stream: demuxed, not decoded
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        server.kill()
+        server.wait()
+    assert proc.returncode == 0, err[-2000:]
+    (src,) = json.loads(out)["sources"]
+    assert src["error"] is None and src["status"] == "stopped" and src["episodes"] >= 1
+    assert src["frames_processed"] > 0 and src["frames_decoded"] < src["duration_s"] * 12 / 2
+    assert _episodes(store)[0][0] == url
