@@ -247,3 +247,16 @@ def episode_sightings(conn: sqlite3.Connection, episode_id: int) -> list[Sightin
         (int(episode_id),),
     )
     return [_sighting(r) for r in rows]
+
+
+def get_object(conn: sqlite3.Connection, object_id: int) -> ObjectIdentity:
+    """One identity with its first and latest sightings, as :func:`list_objects` gives them;
+    raises ``ParameterError`` for an unknown id (read-only)."""
+    seen = timeline(conn, object_id)
+    name, label = conn.execute(
+        "SELECT name, label FROM objects WHERE id = ?", (int(object_id),)
+    ).fetchone()
+    last = [x for x in seen if seen and x.episode_id == seen[-1].episode_id]
+    return ObjectIdentity(int(object_id), name, label, len(seen),
+                          tuple(sorted({x.source for x in seen})), seen[0] if seen else None,
+                          min(last, key=lambda x: x.t_first) if last else None)  # fmt: skip

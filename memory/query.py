@@ -23,20 +23,30 @@ import numpy as np
 
 from memory.episodes import l2_normalize
 from memory.errors import EpisodeNotFound, ParameterError
-from memory.questions import Intent, Question, QuestionError, TimeSpan, parse_question
+from memory.questions import (
+    STOPWORDS,
+    Intent,
+    Question,
+    QuestionError,
+    TimeSpan,
+    parse_question,
+)
 from memory.reasoning import Reasoner, describe, nothing
 from memory.retrieval import (
     Ref,
     Where,
     has_files,
+    has_identities,
     has_live,
-    has_table,
     max_span_s,
+    object_exists,
     object_ids_named,
+    object_names,
     refs,
     refs_of,
     sighted,
 )
+from memory.text import tokenize
 from memory.types import Answer, EpisodeHit, Query
 
 if TYPE_CHECKING:
@@ -142,8 +152,10 @@ class QueryEngine:
             if q.object_id is None and len(ids) == 1:
                 q = dataclasses.replace(q, object_id=ids[0])
             sighted(cand, ids)
-        elif q.intent is Intent.SEEN and words and (ids := self._named(words)):
-            sighted(cand, ids)
+        elif q.intent is Intent.SEEN and (named := self._named(query.text or "")):
+            name, oid = named  # "where was my mug last seen?" (an object named "mug")
+            q = dataclasses.replace(q, object_name=name, object_id=oid)
+            sighted(cand, [oid])
             words = ()
         if words:
             cand = self._match_words(cand, words)
@@ -211,20 +223,25 @@ class QueryEngine:
         return where.copy().add(f"({sql})", *[p for _, ps in alternatives for p in ps])
 
     def _object_ids(self, q: Question) -> list[int] | None:
-        """Object identities asked for; None when the store keeps none."""
-        if not has_table(self.store, "sightings"):
+        """Object identities asked for; None when the store keeps none (memory/objects.py)."""
+        if not has_identities(self.store):
             return None
         if q.object_name:
             return object_ids_named(self.store, q.object_name)
-        return [q.object_id] if q.object_id is not None else []
+        ok = q.object_id is not None and object_exists(self.store, q.object_id)
+        return [int(q.object_id)] if ok else []  # type: ignore[arg-type]
 
-    def _named(self, words: Sequence[str]) -> list[int]:
-        """Objects the user named like ``words`` ("my red mug" → an object named "red mug")."""
-        if not has_table(self.store, "objects"):
-            return []
-        return object_ids_named(self.store, " ".join(words)) or [
-            i for w in words for i in object_ids_named(self.store, w)
-        ]
+    def _named(self, text: str) -> tuple[str, int] | None:
+        """The named object the question mentions: every content word of its name (all of its
+        words when it has none: "it") is in ``text``; the longest such name wins."""
+        said = set(tokenize(text))
+        best: tuple[int, str, int] | None = None
+        for object_id, name in object_names(self.store):
+            words = tokenize(name)
+            content = [w for w in words if w not in STOPWORDS] or words
+            if content and set(content) <= said and (best is None or len(content) > best[0]):
+                best = (len(content), name, object_id)
+        return None if best is None else (best[1], best[2])
 
     def _examples(self, query: Query, q: Question) -> list[tuple[str, np.ndarray]]:
         out = [(m, getattr(query, m)) for m in ("visual", "audio") if getattr(query, m) is not None]

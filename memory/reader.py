@@ -148,6 +148,13 @@ class StoreReader:
         with self._lock:
             return list_objects(self._conn, named=named, limit=limit)
 
+    def object(self, object_id: int) -> ObjectIdentity:
+        """One persistent object identity; ``ParameterError`` if unknown (memory/objects.py)."""
+        from memory.objects import get_object
+
+        with self._lock:
+            return get_object(self._conn, object_id)
+
     def object_timeline(self, object_id: int) -> list[Sighting]:
         """Every sighting of one identity, oldest first; ``ParameterError`` if unknown."""
         from memory.objects import timeline

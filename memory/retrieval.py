@@ -315,15 +315,31 @@ def has_table(store: StoreReader, name: str) -> bool:
     return bool(_rows(store, sql, [name]))
 
 
-# --- objects (identities come from the store's `objects`/`sightings` tables when it has them) ---
+# --- objects (identities of memory/objects.py: the store's `objects` and `sightings` tables) ----
+
+
+def has_identities(store: StoreReader) -> bool:
+    """Does the store keep any object identity (tracks re-identified by descriptor)?"""
+    return has_table(store, "objects") and bool(_rows(store, "SELECT 1 FROM objects LIMIT 1", []))
+
+
+def object_names(store: StoreReader) -> list[tuple[int, str]]:
+    """(object id, name) of every named identity (users name few objects)."""
+    if not has_table(store, "objects"):
+        return []
+    rows = _rows(store, "SELECT id, name FROM objects WHERE name IS NOT NULL ORDER BY id", [])
+    return [(int(r[0]), str(r[1])) for r in rows]
 
 
 def object_ids_named(store: StoreReader, name: str) -> list[int]:
-    """Ids of the objects the user named ``name`` (case-insensitive); [] without identities."""
-    if not has_table(store, "objects"):
-        return []
-    rows = _rows(store, "SELECT id FROM objects WHERE lower(name) = lower(?)", [name.strip()])
-    return [int(r[0]) for r in rows]
+    """Ids of the objects the user named ``name`` (case and spacing ignored); [] without any."""
+    want = tokenize(name)
+    return [i for i, n in object_names(store) if tokenize(n) == want] if want else []
+
+
+def object_exists(store: StoreReader, object_id: int) -> bool:
+    sql = "SELECT 1 FROM objects WHERE id = ?"
+    return has_table(store, "objects") and bool(_rows(store, sql, [int(object_id)]))
 
 
 def sighted(where: Where, object_ids: Sequence[int]) -> Where:
@@ -340,32 +356,10 @@ def sightings(store: StoreReader, object_id: int, episode_ids: Sequence[int]) ->
     return {int(r[0]): int(r[1]) for r in rows}
 
 
-def list_objects(store: StoreReader, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-    """Objects with their sighting counts and last sighting, most recently seen first.
-
-    With object identities (the store's ``objects`` table): one row per identity
-    ``{"object_id", "name", "label", "episodes", "first_seen", "last_seen", "last_episode",
-    "last_source"}``. Without: one row per object label over the episodes' tracks
-    (``object_id`` None), so the page can still show object timelines.
-    """
-    if has_table(store, "sightings"):
-        sql = """SELECT o.id, o.name, o.label, COUNT(s.episode_id),
-                        MIN(COALESCE(s.wall_first, s.t_first)), MAX(COALESCE(s.wall_first, s.t_first)),
-                        (SELECT s2.episode_id FROM sightings s2 WHERE s2.object_id = o.id
-                         ORDER BY COALESCE(s2.wall_first, s2.t_first) DESC LIMIT 1),
-                        (SELECT s3.source FROM sightings s3 WHERE s3.object_id = o.id
-                         ORDER BY COALESCE(s3.wall_first, s3.t_first) DESC LIMIT 1)
-                 FROM objects o LEFT JOIN sightings s ON s.object_id = o.id
-                 GROUP BY o.id ORDER BY 6 DESC, o.id LIMIT ? OFFSET ?"""
-        rows = _rows(store, sql, [int(limit), int(offset)])
-        return [{"object_id": int(r[0]), "name": r[1], "label": r[2], "episodes": int(r[3]),
-                 "first_seen": r[4], "last_seen": r[5], "last_episode": r[6], "last_source": r[7]}
-                for r in rows]  # fmt: skip
-    sql = """SELECT json_extract(o.value, '$.label') AS label, COUNT(DISTINCT e.id),
-                    MIN(COALESCE(e.wall_start, e.t_start)), MAX(COALESCE(e.wall_start, e.t_start)),
-                    MAX(e.id)
-             FROM episodes e, json_each(e.objects) o GROUP BY label ORDER BY 4 DESC LIMIT ? OFFSET ?"""
+def object_labels(store: StoreReader, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """Object labels over the episodes' tracks, most recently seen first: for stores whose
+    tracks carry no descriptors (so no identities): ``{"label", "sightings", "last_episode"}``."""
+    sql = """SELECT json_extract(o.value, '$.label') AS label, COUNT(DISTINCT e.id), MAX(e.id)
+             FROM episodes e, json_each(e.objects) o GROUP BY label ORDER BY 3 DESC LIMIT ? OFFSET ?"""
     rows = _rows(store, sql, [int(limit), int(offset)])
-    return [{"object_id": None, "name": None, "label": r[0], "episodes": int(r[1]),
-             "first_seen": r[2], "last_seen": r[3], "last_episode": int(r[4]), "last_source": None}
-            for r in rows]  # fmt: skip
+    return [{"label": r[0], "sightings": int(r[1]), "last_episode": int(r[2])} for r in rows]

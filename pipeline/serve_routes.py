@@ -19,7 +19,7 @@ from pipeline.errors import ConfigError
 from pipeline.serve_events import sse_stream
 
 if TYPE_CHECKING:
-    from memory.types import Episode
+    from memory.types import Episode, ObjectIdentity, Sighting
     from pipeline.serve import Service
 
 UPLOAD_CHUNK = 1 << 20
@@ -56,8 +56,9 @@ def keyframe_url(episode_id: int, n: int) -> str:
     return f"/v1/episodes/{episode_id}/keyframes/{n}.jpg"
 
 
-def episode_json(ep: Episode, clip: str | None = None) -> dict[str, Any]:
-    """An episode over HTTP: span, source, labels, summary, sounds, objects, keyframe URLs."""
+def episode_json(ep: Episode) -> dict[str, Any]:
+    """An episode over HTTP: span, source, labels, summary, sounds, objects, keyframe URLs and
+    the URL of its clip (the captured media, when the store keeps one)."""
     return {
         "episode_id": ep.episode_id, "source": ep.source, "t_start": ep.t_start,
         "t_end": ep.t_end, "wall_start": ep.wall_start, "labels": list(ep.labels),
@@ -69,8 +70,27 @@ def episode_json(ep: Episode, clip: str | None = None) -> dict[str, Any]:
                     for o in ep.objects],
         "keyframes": [keyframe_url(int(ep.episode_id or 0), n) for n in range(len(ep.keyframes))],
         "keyframe_times": list(ep.keyframe_times),
-        "clip": f"/v1/episodes/{ep.episode_id}/clip" if clip else None,
+        "clip": f"/v1/episodes/{ep.episode_id}/clip" if ep.clip else None,
     }  # fmt: skip
+
+
+def sighting_json(x: Sighting | None) -> dict[str, Any] | None:
+    """A sighting of an object identity (the shape of `eidetic objects show --json`)."""
+    if x is None:
+        return None
+    return {"episode_id": x.episode_id, "track_id": x.track_id, "source": x.source,
+            "t_first": x.t_first, "t_last": x.t_last, "wall_first": x.wall_first,
+            "similarity": round(x.similarity, 4)}  # fmt: skip
+
+
+def object_json(o: ObjectIdentity) -> dict[str, Any]:
+    """An object identity (the shape of `eidetic objects list --json`)."""
+    return {"object_id": o.object_id, "name": o.name, "label": o.label, "sightings": o.n_sightings,
+            "sources": list(o.sources), "first_seen": sighting_json(o.first_seen),
+            "last_seen": sighting_json(o.last_seen)}  # fmt: skip
+
+
+CLIP_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska"}
 
 
 def _time(value: str | None, name: str) -> tuple[float | None, float | None]:
@@ -126,7 +146,7 @@ def _embed_example(svc: Service, data: str, kind: Literal["image", "audio"]):
 
 def _episode_routes(app: FastAPI, svc: Service, guarded: list) -> None:
     from memory.errors import EpisodeNotFound, StoreLocked
-    from memory.retrieval import Where, count, list_objects, refs
+    from memory.retrieval import Where, count, refs
 
     def get(episode_id: int) -> Episode:
         try:
@@ -162,7 +182,7 @@ def _episode_routes(app: FastAPI, svc: Service, guarded: list) -> None:
 
     @app.get("/v1/episodes/{episode_id}", dependencies=guarded, tags=["episodes"])
     def get_episode(episode_id: int) -> dict[str, Any]:
-        return episode_json(get(episode_id), _clip(svc, episode_id))
+        return episode_json(get(episode_id))
 
     @app.delete("/v1/episodes/{episode_id}", dependencies=guarded, tags=["episodes"])
     def forget(episode_id: int) -> dict[str, Any]:
@@ -190,50 +210,73 @@ def _episode_routes(app: FastAPI, svc: Service, guarded: list) -> None:
 
     @app.get("/v1/episodes/{episode_id}/clip", dependencies=guarded, tags=["episodes"])
     def get_clip(episode_id: int) -> FileResponse:
-        get(episode_id)
-        rel = _clip(svc, episode_id)
+        """The episode's media: its captured window remuxed (video + audio, no re-encode)."""
+        from memory.blobs import CLIP_DIR
+
+        rel = get(episode_id).clip
         if not rel:
             raise HTTPException(404, f"episode {episode_id} has no clip")
-        return _file(svc.root, rel, "video/mp4")
+        media_type = CLIP_TYPES.get(Path(rel).suffix.lower(), "application/octet-stream")
+        return _file(svc.root, rel, media_type, under=CLIP_DIR)
+
+    _object_routes(app, svc, guarded, get)
+
+
+def _object_routes(app: FastAPI, svc: Service, guarded: list, get) -> None:
+    from memory.errors import ParameterError
+    from memory.retrieval import has_identities, object_ids_named, object_labels
 
     @app.get("/v1/objects", dependencies=guarded, tags=["objects"])
-    def objects(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict:
-        """Objects (identities, or object labels without them), most recently seen first."""
-        return {"objects": list_objects(svc.eidetic.store, limit=limit, offset=offset)}
+    def objects(
+        limit: int = Query(100, ge=1, le=1000),
+        offset: int = Query(0, ge=0, le=10**6),
+        named: bool | None = Query(None, description="Only named (true) or unnamed (false)"),
+    ) -> dict[str, Any]:
+        """Object identities (re-identified across episodes), most recently seen first.
+
+        A store whose tracks carry no descriptors keeps no identities: ``objects`` is then
+        empty and ``labels`` lists the object labels seen (``{"label", "sightings",
+        "last_episode"}``), each with a timeline at ``/v1/objects/{label}``."""
+        store = svc.eidetic.store
+        found = store.objects(named=named, limit=offset + limit)[offset:]
+        doc: dict[str, Any] = {"objects": [object_json(o) for o in found]}
+        if not has_identities(store):
+            doc["labels"] = object_labels(store, limit=limit, offset=offset)
+        return doc
 
     @app.get("/v1/objects/{ref}", dependencies=guarded, tags=["objects"])
     def object_timeline(ref: str, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        """Where and when one object (an id, or a label) was seen, newest first."""
-        from memory.retrieval import has_table, sighted
-
+        """Where and when one object was seen, newest first: ``ref`` is an object id, an object's
+        name, or (stores without identities) an object label. Each sighting is the episode
+        (``/v1/episodes/{id}`` shape) plus ``sighting`` (its track, times, similarity)."""
         store = svc.eidetic.store
-        where = Where()
-        if ref.isdigit() and has_table(store, "sightings"):
-            sighted(where, [int(ref)])
-        else:
-            where.add("EXISTS (SELECT 1 FROM json_each(e.objects) o WHERE "
-                      "json_extract(o.value, '$.label') = ?)", ref)  # fmt: skip
+        ids = [int(ref)] if ref.isdigit() else object_ids_named(store, ref)
+        if ids:
+            try:
+                identity, seen = store.object(ids[0]), store.object_timeline(ids[0])
+            except ParameterError:
+                raise HTTPException(404, f"no object {ref!r} in memory") from None
+            seen = seen[::-1][:limit]
+            eps = {e.episode_id: e for e in store.get_many([x.episode_id for x in seen])}
+            return {"object": object_json(identity),
+                    "sightings": [{**episode_json(eps[x.episode_id]), "sighting": sighting_json(x)}
+                                  for x in seen if x.episode_id in eps]}  # fmt: skip
+        from memory.retrieval import Where, refs
+
+        where = Where().add("EXISTS (SELECT 1 FROM json_each(e.objects) o WHERE "
+                            "json_extract(o.value, '$.label') = ?)", ref)  # fmt: skip
         eps = store.get_many([r.episode_id for r in refs(store, where, order="desc", limit=limit)])
         if not eps:
             raise HTTPException(404, f"no object {ref!r} in memory")
-        return {"object": ref, "sightings": [episode_json(e) for e in eps]}
+        return {"object": {"label": ref}, "sightings": [episode_json(e) for e in eps]}
 
 
-def _clip(svc: Service, episode_id: int) -> str | None:
-    """The store-relative clip path of an episode, when the store keeps episode clips."""
-    store = svc.eidetic.store
-    with store._lock:
-        cols = {r[1] for r in store._conn.execute("PRAGMA table_info(episodes)")}
-        if "clip" not in cols:
-            return None
-        row = store._conn.execute("SELECT clip FROM episodes WHERE id = ?", (episode_id,)).fetchone()
-    return row[0] if row and row[0] else None
-
-
-def _file(root: Path, rel: str, media_type: str) -> FileResponse:
-    """A file under ``root`` (never outside it: no path traversal through stored paths)."""
+def _file(root: Path, rel: str, media_type: str, *, under: str | None = None) -> FileResponse:
+    """A file under ``root`` (and its folder ``under``): never outside it, whatever the stored
+    path says (no path traversal, no symbolic link out of the store)."""
+    base = root.resolve() / under if under else root.resolve()
     path = (root / rel).resolve()
-    if root not in path.parents or not path.is_file():
+    if base not in path.parents or not path.is_file():
         raise HTTPException(404, "file missing")
     return FileResponse(path, media_type=media_type)
 

@@ -79,37 +79,43 @@ def test_before_after_stays_on_one_clock(store: EpisodeStore) -> None:
 
 
 def add_identities(store: EpisodeStore) -> dict[str, int]:
-    """Object identities as the store keeps them (objects + sightings tables)."""
-    c = store._conn
-    c.execute("""CREATE TABLE IF NOT EXISTS objects (id INTEGER PRIMARY KEY, name TEXT,
-                 label TEXT NOT NULL DEFAULT '', dim INTEGER NOT NULL, descriptor BLOB NOT NULL,
-                 n_descriptors INTEGER NOT NULL DEFAULT 1, created_at REAL NOT NULL)""")
-    c.execute("""CREATE TABLE IF NOT EXISTS sightings (object_id INTEGER NOT NULL,
-                 episode_id INTEGER NOT NULL, track_id INTEGER NOT NULL, source TEXT NOT NULL,
-                 t_first REAL NOT NULL, t_last REAL NOT NULL, wall_first REAL,
-                 similarity REAL NOT NULL, PRIMARY KEY (episode_id, track_id))""")
-    mug = ObjectRecord(2, "object", 501.0, 502.5, 4, (10.0, 20.0, 50.0, 80.0))
-    other = ObjectRecord(1, "object", 500.0, 500.5, 2, (0.0, 0.0, 5.0, 5.0))
+    """Two live episodes seeing the same two objects (the store re-identifies them by
+    descriptor, memory/objects.py); the user names one of them "keys"."""
+    rng = np.random.default_rng(3)
+    look = {t: (x / np.linalg.norm(x)).astype(np.float32) for t, x in
+            ((1, rng.standard_normal(16)), (2, rng.standard_normal(16)))}  # fmt: skip
+    mug = ObjectRecord(2, "object", 501.0, 502.5, 4, (10.0, 20.0, 50.0, 80.0), descriptor=look[2])
+    other = ObjectRecord(1, "object", 500.0, 500.5, 2, (0.0, 0.0, 5.0, 5.0), descriptor=look[1])
     seen = {}
     for wall in (T - 7200, T - 300):
         stored = store.add(episode("footsteps", LIVE, 500.0, wall, objects=(other, mug)))
         seen[wall] = stored.episode_id
-    blob = np.zeros(4, np.float32).tobytes()
-    c.execute("INSERT INTO objects (id, name, label, dim, descriptor, created_at) "
-              "VALUES (7, 'keys', 'object', 4, ?, 0)", (blob,))  # fmt: skip
-    for episode_id, wall in ((seen[T - 7200], T - 7200), (seen[T - 300], T - 300)):
-        c.execute("INSERT INTO sightings VALUES (7, ?, 2, ?, 501, 502.5, ?, 0.9)",
-                  (episode_id, LIVE, wall + 1))  # fmt: skip
-    return {"first": seen[T - 7200], "last": seen[T - 300]}
+    (keys,) = [x.object_id for x in store.sightings(seen[T - 300]) if x.track_id == 2]
+    store.name_object(keys, "keys")
+    return {"first": seen[T - 7200], "last": seen[T - 300], "keys": keys}
 
 
 def test_object_last_seen_with_identities(store: EpisodeStore) -> None:
     seen = add_identities(store)
-    for text in ("where was object 7 last seen?", "when did you last see my keys",
+    assert [o.n_sightings for o in store.objects()] == [2, 2]  # one identity per object
+    for text in (f"where was object {seen['keys']} last seen?", "when did you last see my keys",
                  "where are the keys", "when did you last see the object named keys"):  # fmt: skip
         a = ask(store, text)
         assert a.answered and ids(a) == [seen["last"]], text
         assert "was last seen 8:21.0–8:22.5 at box [10, 20, 50, 80] px" in a.answer, a.answer
-    assert ids(ask(store, "how many times was object 7 seen")) == [seen["first"], seen["last"]]
-    assert not ask(store, "where was object 8 last seen").answered
-    assert ids(ask(store, "where was object 7 seen yesterday")) == []
+    n = seen["keys"]
+    assert ids(ask(store, f"how many times was object {n} seen")) == [seen["first"], seen["last"]]
+    assert not ask(store, "where was object 99 last seen").answered
+    assert ids(ask(store, f"where was object {n} seen yesterday")) == []
+
+
+def test_named_object_with_several_words(store: EpisodeStore) -> None:
+    seen = add_identities(store)
+    store.name_object(seen["keys"], "My Red Keys")
+    for text in ("where are my red keys?", "when did you last see the red keys"):
+        a = ask(store, text)
+        assert a.answered and ids(a) == [seen["last"]], text
+        assert a.answer.startswith("My Red Keys (object) was last seen"), a.answer
+    assert not ask(store, "where is my wallet?").answered
+    store.name_object(seen["keys"], None)
+    assert not ask(store, "where are my red keys?").answered

@@ -32,9 +32,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_episode(label: str, t0: float, source: str = "/media/demo.mp4") -> Episode:
+def make_episode(
+    label: str, t0: float, source: str = "/media/demo.mp4", descriptor: np.ndarray | None = None
+) -> Episode:
+    """One episode; with a ``descriptor`` its object is re-identified across episodes (an
+    identity, memory/objects.py), without one it is a track with a label only."""
     sounds = (SoundRecord(label, 0.9, t0, t0 + 1.0),)
-    objects = (ObjectRecord(1, "object", t0 - 0.5, t0 + 1.5, 3, (5.0, 6.0, 30.0, 35.0)),)
+    objects = (ObjectRecord(1, "object", t0 - 0.5, t0 + 1.5, 3, (5.0, 6.0, 30.0, 35.0),
+                            descriptor=descriptor),)  # fmt: skip
     return Episode(source=source, t_start=t0 - 1, t_end=t0 + 2, labels=(label,),
                    summary=summarize((label,), sounds, objects), sounds=sounds, objects=objects,
                    keyframe_times=(t0,))  # fmt: skip
@@ -167,10 +172,13 @@ def test_episodes_objects_metrics_page(server):
     ep = httpx.get(server + "/v1/episodes/2").json()
     assert ep["sounds"][0]["label"] == "glass_breaking" and ep["keyframe_times"] == [11.0]
     assert ep["objects"][0]["t_last"] == 12.5 and ep["clip"] is None
-    objs = httpx.get(server + "/v1/objects").json()["objects"]
-    assert objs[0]["label"] == "object" and objs[0]["episodes"] == 2
+    objs = httpx.get(server + "/v1/objects").json()  # tracks without descriptors: no identities
+    assert objs["objects"] == [] and objs["labels"] == [
+        {"label": "object", "sightings": 2, "last_episode": 2}]
     timeline = httpx.get(server + "/v1/objects/object").json()["sightings"]
     assert [e["episode_id"] for e in timeline] == [2, 1]
+    assert httpx.get(server + "/v1/objects/7").status_code == 404
+    assert httpx.get(server + "/v1/episodes/2/clip").status_code == 404
     sources = httpx.get(server + "/v1/sources").json()
     assert sources["stored"] == [{"source": "/media/demo.mp4", "episodes": 2, "last_episode": 2}]
     metrics = wait_for(lambda: (m := httpx.get(server + "/metrics").text) and
@@ -183,6 +191,52 @@ def test_episodes_objects_metrics_page(server):
     assert page.status_code == 200 and "<form" in page.text
     assert httpx.get(server + "/web/app.js").headers["content-type"].startswith("text/javascript")
     assert httpx.get(server + "/openapi.json").json()["info"]["title"] == "Eidetic"
+
+
+def test_object_identities_names_and_clips(tmp_path):
+    """Identities re-identified by the store (memory/objects.py): listed, timeline, named with
+    `eidetic objects name`, asked about by name; an episode's clip is served, and a stored path
+    leading out of the store's clip folder is not."""
+    from tests.media import write_video
+
+    look = np.ones(16, np.float32) / 4.0
+    root = tmp_path / "store"
+    with EpisodeStore(root) as st:
+        for label, t0 in [("door_wood_knock", 4.0), ("glass_breaking", 11.0)]:
+            st.add(make_episode(label, t0, descriptor=look), [np.zeros((40, 60, 3), np.uint8)])
+        clip = write_video(tmp_path / "cut.mp4", duration_s=1.0)
+        size = clip.stat().st_size
+        img = [np.zeros((40, 60, 3), np.uint8)]
+        st.add(dataclasses.replace(make_episode("can_opening", 30.0), clip=str(clip)), img)
+        st.add(make_episode("clapping", 40.0), img)
+    with EpisodeStore(root) as st:  # a tampered row: the clip path leads out of the store
+        st._conn.execute("UPDATE episodes SET clip = '../../../../etc/passwd' WHERE id = 4")
+    proc, base = start(root)
+    try:
+        (obj,) = httpx.get(base + "/v1/objects").json()["objects"]
+        assert (obj["label"], obj["sightings"], obj["name"]) == ("object", 2, None)
+        assert obj["first_seen"]["episode_id"] == 1 and obj["last_seen"]["episode_id"] == 2
+        doc = httpx.get(base + f"/v1/objects/{obj['object_id']}").json()
+        assert doc["object"] == obj
+        assert [(x["episode_id"], x["sighting"]["track_id"]) for x in doc["sightings"]] == [(2, 1), (1, 1)]
+        assert httpx.get(base + "/v1/objects/99").status_code == 404
+        r = subprocess.run([sys.executable, "-m", "pipeline", "objects", "name", str(obj["object_id"]),
+                            "my mug", "--store", str(root)], capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        doc = httpx.post(base + "/v1/query", json={"text": "where was my mug last seen?"}).json()
+        assert doc["answered"] and [e["episode_id"] for e in doc["evidence"]] == [2]
+        assert doc["answer"].startswith("my mug (object) was last seen 0:10.5–0:12.5")
+        named = httpx.get(base + "/v1/objects/my%20mug").json()
+        assert named["object"]["name"] == "my mug" and len(named["sightings"]) == 2
+        ep = httpx.get(base + "/v1/episodes/3").json()
+        assert ep["clip"] == "/v1/episodes/3/clip"
+        got = httpx.get(base + ep["clip"])
+        assert got.status_code == 200 and got.headers["content-type"] == "video/mp4"
+        assert len(got.content) == size and got.content[4:8] == b"ftyp"
+        assert httpx.get(base + "/v1/episodes/4/clip").status_code == 404  # never /etc/passwd
+        assert httpx.get(base + "/v1/episodes/1/clip").status_code == 404  # no clip
+    finally:
+        assert stop(proc) == 0
 
 
 class Hook(http.server.BaseHTTPRequestHandler):

@@ -66,6 +66,10 @@ def test_page_load_query_open_forget(tmp_path, browser):
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline .ep")) == 2)
         assert "demo.mp4: 2" in browser.find_element(By.ID, "sources").text
         assert "object" in browser.find_element(By.ID, "objects").text
+        # an object's timeline: the episodes it was seen in, newest first
+        browser.find_element(By.CSS_SELECTOR, '#objects button[data-object="object"]').click()
+        wait.until(lambda d: [c.get_attribute("data-episode") for c in
+                              d.find_elements(By.CSS_SELECTOR, "#object-timeline .ep")] == ["2", "1"])  # fmt: skip
         # a new episode written by another process appears without a reload (server-sent events)
         with EpisodeStore(root) as st:
             st.add(make_episode("can_opening", 30.0), [np.full((40, 60, 3), 120, np.uint8)])

@@ -144,16 +144,21 @@ async function loadSources() {
   } catch (e) { $("sources").textContent = e.message; }
 }
 
+// object identities (re-identified across episodes; named with `eidetic objects name`), or the
+// object labels seen when the store keeps no identities (tracks without descriptors)
 async function loadObjects() {
   try {
     const r = await api("/v1/objects?limit=50");
     const box = $("objects"); box.replaceChildren();
-    if (!r.objects.length) box.append(el("p", {class: "meta"}, "No objects tracked yet."));
+    const labels = r.labels || [];
+    if (!r.objects.length && !labels.length) box.append(el("p", {class: "meta"}, "No objects tracked yet."));
     for (const o of r.objects) {
-      const ref = o.object_id != null ? String(o.object_id) : o.label;
-      const name = o.object_id != null ? `${o.name || "object " + o.object_id} (${o.label})` : o.label;
-      box.append(el("button", {"data-object": ref, onclick: () => showObject(ref)}, `${name} · ${o.episodes}`));
+      const name = `${o.name || "object " + o.object_id} (${o.label || "object"})`;
+      const last = o.last_seen ? `, last seen in episode ${o.last_seen.episode_id}` : "";
+      box.append(el("button", {"data-object": String(o.object_id), title: `${o.sightings} sightings${last}`,
+                               onclick: () => showObject(String(o.object_id))}, `${name} · ${o.sightings}`));
     }
+    for (const o of labels) box.append(el("button", {"data-object": o.label, onclick: () => showObject(o.label)}, `${o.label} · ${o.sightings}`));
   } catch (e) { $("objects").textContent = e.message; }
 }
 
@@ -161,7 +166,11 @@ async function showObject(ref) {
   const box = $("object-timeline"); box.replaceChildren();
   try {
     const r = await api("/v1/objects/" + encodeURIComponent(ref));
-    r.sightings.forEach((e) => box.append(card(e)));
+    for (const e of r.sightings) {
+      // an identity's sighting: draw only its own track's box
+      const objects = e.sighting ? e.objects.filter((o) => o.track_id === e.sighting.track_id) : e.objects;
+      box.append(card(Object.assign({}, e, {objects})));
+    }
   } catch (e) { box.append(el("p", {class: "err"}, e.message)); }
 }
 
