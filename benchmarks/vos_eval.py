@@ -171,14 +171,16 @@ def run_preset(preset: str, sequences: Sequence[str], max_frames: int | None) ->
 def run_sam_refinement(seq: str, n_frames: int, *, tmp: Path) -> dict[str, Any]:
     """vit_tiny SAM-HQ (random weights) as the gated refiner on ``n_frames`` frames of ``seq``."""
     try:
-        from models.segmenters.sam_hq import SamHQSegmenter, save_random_checkpoint
+        from models.segmenters.sam_hq import SamHQSegmenter, save_random_checkpoint, sha256_of
     except ImportError as e:
         return {"available": False, "error": f"{type(e).__name__}: {e}"}
     from tracker.vos import VOSTracker
 
     ckpt = save_random_checkpoint("vit_tiny", tmp / "vit_tiny_random.pth", seed=0)
     t0 = time.perf_counter()
-    sam = SamHQSegmenter(model_type="vit_tiny", checkpoint=ckpt, sha256=None, device="cpu")
+    sam = SamHQSegmenter(
+        model_type="vit_tiny", checkpoint=ckpt, sha256=sha256_of(ckpt), device="cpu"
+    )
     sam.load()
     load_s = time.perf_counter() - t0
     frames, truth = load_sequence(davis_root(), seq, n_frames + 1)
@@ -320,7 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sam = None
     if not args.no_sam:
         with tempfile.TemporaryDirectory() as tmp:
-            sam = run_sam_refinement(args.sam_sequence, args.sam_frames, tmp=Path(tmp))
+            try:
+                sam = run_sam_refinement(args.sam_sequence, args.sam_frames, tmp=Path(tmp))
+            except Exception as e:  # noqa: BLE001 - report it with the preset results
+                logger.exception("SAM-HQ refinement run failed")
+                sam = {"available": False, "error": f"{type(e).__name__}: {e}"}
     print(format_table(results, sam))
     doc = {
         "command": " ".join(["python", *(sys.argv if argv is None else ["vos_eval.py", *argv])]),

@@ -60,3 +60,13 @@ def test_missing_data_is_a_usage_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("EIDETIC_SHARED_DATA", str(tmp_path))
     assert main(["--tiny", "--no-sam", "--out", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_runs_the_sam_hq_refinement(tmp_path, shared_data) -> None:
+    out = tmp_path / "vos.json"
+    assert main(["--tiny", "--presets", "fast", "--in-process", "--out", str(out)]) == 0
+    sam = json.loads(out.read_text())["sam_hq"]
+    assert sam["available"] is True and sam["frames"] == 1, sam
+    assert sam["refinements"] == 1 and sam["accepted"] in (0, 1)
+    assert sam["s_per_frame"]["median"] > 0

@@ -40,7 +40,8 @@ __all__ = ["PRESETS", "ColourModel", "VOSPreset", "VOSTracker"]
 
 EPS = 1e-4
 LOST_AREA_FRAC = 1e-4  # an object whose mask covers less of the frame than this is lost
-VANISHED_POSTERIOR = 0.1  # colour denies the whole warped mask: the object is hidden or gone
+VANISHED_POSTERIOR = 0.1  # colour denies the whole warped mask: the object is hidden or gone...
+VANISHED_FRAMES = 3  # ... when that lasts this many frames in a row
 MIN_PRIOR_SIGMA_PX = 1.0  # flow is rarely better than a pixel, so the prior is never sharper
 
 
@@ -138,6 +139,7 @@ class _Object:
     kf_hists: dict[int, np.ndarray] = field(default_factory=dict)
     descriptor: np.ndarray | None = None
     lost: bool = False
+    denied: int = 0  # consecutive frames in which colour denied the whole warped mask
 
 
 class VOSTracker:
@@ -287,7 +289,9 @@ class VOSTracker:
             refined = cv2.medianBlur(refined, self.preset.median_px)
         refined = refined > 0
         agree = mask_iou(refined, coarse)
-        vanished = coarse.any() and float(post[coarse].mean()) < VANISHED_POSTERIOR
+        denied = coarse.any() and float(post[coarse].mean()) < VANISHED_POSTERIOR
+        obj.denied = obj.denied + 1 if denied else 0
+        vanished = obj.denied >= VANISHED_FRAMES
         if agree > self.preset.gate_iou or vanished or (obj.lost and refined.any()):
             self._counts["colour_refined"] += 1
             return _Decision(post, refined, agree)
