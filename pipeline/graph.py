@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ServiceConfig
-from pipeline.errors import IngestError
+from pipeline.errors import ConfigError, IngestError
 from pipeline.ingest import MediaInfo, is_url, probe
 from pipeline.sources import SourceSpec, device_kind, resolve
 
@@ -92,13 +92,21 @@ def probe_all(sources: Sequence[str], cfg: ServiceConfig) -> tuple[list[Job], li
     for s in expand_sources(sources):
         spec = resolve(s, cfg.sources)
         if spec.live:
+            if spec.audio is not None:
+                raise ConfigError(f"{s}: a separate audio source is supported for files only so far "
+                                  "(live sources need audio in the same stream)")  # fmt: skip
             jobs.append(Job(s, spec, None))
             continue
         try:
             cap = spec.options.max_dimension or cfg.ingest.max_dimension
             info = probe(spec.target, max_dimension=cap, spec=spec)
+            if spec.audio is not None:  # a separate audio file: same clock, both from 0
+                sound = probe(spec.audio.target, spec=spec.audio)
+                if not sound.has_audio:
+                    raise IngestError(spec.audio.target, "has no audio stream to pair")
+                info = dataclasses.replace(info, has_audio=True, warnings=info.warnings + sound.warnings)
         except IngestError as e:
-            errors.append(_error_report(s, e.cause))
+            errors.append(_error_report(s, f"{e.source}: {e.cause}" if e.source != spec.target else e.cause))
             continue
         jobs.append(Job(s, spec, info))
     return jobs, errors
@@ -200,7 +208,8 @@ class Runner:
             job.ref = actor.run.remote(trigger, perception, self.memory)
         else:
             named = dataclasses.replace(job.info, source=source_name(job.spec.target))
-            actor = IngestActor.remote(named, stream_id, self.cfg)
+            audio = source_name(job.spec.audio.target) if job.spec.audio is not None else None
+            actor = IngestActor.remote(named, stream_id, self.cfg, audio)
             job.actors = (actor, perception)
             job.ref = actor.run.remote(perception, self.memory)
         return job

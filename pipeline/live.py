@@ -29,6 +29,7 @@ from pipeline.types import AudioChunk, CaptureWindow, FramePacket, TriggerEvent,
 logger = logging.getLogger(__name__)
 
 MB = 1024**2
+TRIGGER_LATENCY_S = 4.0  # the ring also covers how late a START may come after its sound began
 
 OnAudio = Callable[[AudioChunk], list[TriggerEvent]]  # chunk → the trigger changes it caused
 OnWindow = Callable[[CaptureWindow, list[FramePacket]], None]  # a finished capture and its frames
@@ -103,6 +104,7 @@ class _Capture:
     wait in ``closing`` for their post-roll."""
 
     t_from: float | None = None
+    until: float = float("inf")  # an open trigger is decoded up to here (max_capture_s)
     label: str = ""
     closing: list[CaptureWindow] = field(default_factory=list)
     frames: list[FramePacket] = field(default_factory=list)
@@ -138,6 +140,9 @@ class LiveCapture:
         Audio chunk length; frames per second kept inside captures (None: all); frame size.
     pre_roll_s, post_roll_s, max_window_s : float
         Capture padding and longest window (a longer capture is cut into several).
+    max_capture_s : float or None
+        A trigger is captured at most this long from its start (the trigger config's
+        ``max_capture_s``), so a sound that never ends neither decodes nor holds frames forever.
     ring_max_mb, max_pending_frames : float, int
         Memory bounds: compressed ring size, decoded frames held for an open trigger.
     """
@@ -145,14 +150,15 @@ class LiveCapture:
     def __init__(
         self, spec: SourceSpec, *, stream_id: str, chunk_s: float = 0.96, fps: float | None = 2.0,
         max_side: int = 640, pre_roll_s: float = 0.5, post_roll_s: float = 0.5,
-        max_window_s: float = 20.0, ring_max_mb: float = 64.0, max_pending_frames: int = 240,
-        fast: bool = True, wall_clock: Callable[[], float] = time.time,
+        max_window_s: float = 20.0, max_capture_s: float | None = 3.0, ring_max_mb: float = 64.0,
+        max_pending_frames: int = 240, fast: bool = True, wall_clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.spec, self.stream_id = spec, stream_id
         self.chunk_s, self.fps, self.max_side, self.fast = chunk_s, fps, max_side, fast
         self.pre_roll_s, self.post_roll_s, self.max_window_s = pre_roll_s, post_roll_s, max_window_s
+        self.max_capture_s = max_capture_s
         self.max_pending = max_pending_frames
-        self.ring = PacketRing(pre_roll_s + 1.0, int(ring_max_mb * MB))
+        self.ring = PacketRing(pre_roll_s + TRIGGER_LATENCY_S, int(ring_max_mb * MB))
         self.wall_clock = wall_clock
         self.stats = LiveStats()
         self.gaps: list[Gap] = []
@@ -299,6 +305,14 @@ class LiveCapture:
             self._decode(packet, t)
             self._close_due(on_window)
 
+    def _wanted(self) -> bool:
+        """Video must be decoded now: an open trigger within its capture span, or an accepted
+        window whose end the stream has not reached."""
+        c = self._cap
+        return (c.t_from is not None and self._t_last <= c.until) or any(
+            w.t_end >= self._t_last for w in c.closing
+        )
+
     def _decode(self, packet: av.Packet, t_packet: float) -> None:
         try:
             frames = packet.decode()
@@ -310,8 +324,12 @@ class LiveCapture:
             pts = frame.pts if frame.pts is not None else None
             t = t_packet if pts is None else max(self._base, float(pts * frame.time_base) - self._origin + self._base)
             lo = self._needed_from()
-            if lo is None or t < lo or not self._sampler.keep(t):
+            hi = max([self._cap.until if self._cap.t_from is not None else -1.0]
+                     + [w.t_end for w in self._cap.closing])  # fmt: skip
+            if lo is None or t < lo or t > hi or not self._sampler.keep(t):
                 continue
+            if self._cap.frames and t <= self._cap.frames[-1].t:
+                continue  # already held (decoding restarted from the ring)
             if len(self._cap.frames) >= self.max_pending:
                 self.stats.frames_dropped += 1
                 continue
@@ -334,8 +352,10 @@ class LiveCapture:
             self._decode(packet, t)
 
     def _stop_decoding(self) -> None:
+        """Decoder off (its buffers dropped); pending frames stay while a verdict is awaited."""
         self._decoder_on = False
-        self._cap.frames.clear()
+        if not self._cap.active:
+            self._cap.frames.clear()
         if self._stream is not None:
             try:
                 self._stream.codec_context.flush_buffers()
@@ -346,6 +366,8 @@ class LiveCapture:
         for e in events:
             if e.state is TriggerState.START:
                 self._cap.t_from = e.t_start - self.pre_roll_s
+                cap_s = self.max_capture_s if self.max_capture_s is not None else float("inf")
+                self._cap.until = e.t_start + cap_s + self.post_roll_s
                 self._cap.label = e.label
                 self._start_decoding(self._cap.t_from)
             elif e.state is TriggerState.END:
@@ -353,12 +375,13 @@ class LiveCapture:
                 if e.accepted:
                     self.stats.triggers += 1
                     self._cap.closing += self._windows(e)
-            if not self._cap.active and self._decoder_on:
-                self._stop_decoding()
+                elif not self._cap.closing:
+                    self._cap.frames.clear()
         self._close_due(on_window)
 
     def _windows(self, e: TriggerEvent) -> list[CaptureWindow]:
-        a, b = e.t_start - self.pre_roll_s, e.t_end + self.post_roll_s
+        end = e.t_end if self.max_capture_s is None else min(e.t_end, e.t_start + self.max_capture_s)
+        a, b = e.t_start - self.pre_roll_s, end + self.post_roll_s
         n = max(1, int(-(-(b - a) // self.max_window_s)))
         step = (b - a) / n
         return [CaptureWindow(self.stream_id, a + i * step, a + (i + 1) * step, (e.label,), (e.trigger_id,))
@@ -374,8 +397,10 @@ class LiveCapture:
             on_window(w, frames)
             lo = self._needed_from()
             self._cap.frames = [] if lo is None else [f for f in self._cap.frames if f.t >= lo]
-        if not self._cap.active and self._decoder_on:
+        if self._decoder_on and not self._wanted():
             self._stop_decoding()
+        elif not self._decoder_on and self._wanted() and self._cap.t_from is None:
+            self._start_decoding(self._needed_from())  # an accepted window still to be filled
 
     def _finish(self, on_window: OnWindow) -> None:
         """End of the source: captures already decoded are handed over, not lost."""

@@ -44,14 +44,15 @@ class IngestActor:
     decoded and perceived as soon as its audio is done, in order; the journal records every
     finished step. ``progress()`` answers while ``run()`` works (two threads)."""
 
-    def __init__(self, info: MediaInfo, stream_id: str, cfg: ServiceConfig) -> None:
+    def __init__(self, info: MediaInfo, stream_id: str, cfg: ServiceConfig, audio: str | None = None) -> None:
         self.info, self.stream_id, self.cfg = info, stream_id, cfg
+        self.audio = audio or info.source  # a separate audio file, on the same clock
         self.stage, self.done, self.total = "starting", 0.0, info.duration_s or 0.0
         self.report = {"frames_decoded": 0, "frames_processed": 0, "triggers": 0, "episodes": 0}
         self.log = DecodeCounter(warnings=list(info.warnings))  # damage seen while reading
         self.stopping = False
         self.journal = Journal(cfg.store.path)
-        self.key = file_key(info.source)
+        self.key = file_key(info.source) + (f"+{file_key(audio)}" if audio else "")
 
     def progress(self) -> tuple[str, float, float]:
         return self.stage, self.done, self.total
@@ -98,7 +99,7 @@ class IngestActor:
         spans = plan_shards(info.duration_s, ing.shard_s) if not ing.every_frame else [(0.0, None)]
         refs = [
             None if self.journal.has(self.key, "audio", shard=k) else scan_shard.remote(
-                info.source, self.stream_id, self.cfg.trigger, chunk_s=ing.chunk_s,
+                self.audio, self.stream_id, self.cfg.trigger, chunk_s=ing.chunk_s,
                 store_path=str(self.cfg.store.path), start_s=a, end_s=b,
                 warmup_s=ing.shard_warmup_s, tail_s=self.cfg.trigger.max_window_s,
             )
@@ -165,9 +166,10 @@ class IngestActor:
         counter = self.log
         packets = self._packets([w for _, w in todo], counter)
         packet = next(packets, None)
+        ends: list = []  # (window index, ref of its perception end), in order
         for i, window in todo:
             if self.stopping:
-                return
+                break
             inside = [s for s in sounds if s.t_end >= window.t_start and s.t_start <= window.t_end]
             in_flight.add(perception.begin.remote(window, self.info.source, inside))
             pending_triggers = sorted(s.t_start for s in inside)
@@ -181,10 +183,21 @@ class IngestActor:
                 self.done = max(self.done, packet.t)
                 packet = next(packets, None)
             in_flight.drain()
-            episode = ray.get(perception.end.remote(self.info.source, window))
+            ends.append((i, perception.end.remote(self.info.source, window)))  # decoding goes on
+            self._settle(shard, ends, block=False)
+            self.report["frames_decoded"] = counter.decoded
+        self._settle(shard, ends, block=True)
+
+    def _settle(self, shard: int, ends: list, *, block: bool) -> None:
+        """Journal the windows whose episode is stored (all of them when ``block``)."""
+        while ends:
+            ready, _ = ray.wait([ends[0][1]], timeout=None if block else 0)
+            if not ready:
+                return
+            i, ref = ends.pop(0)
+            episode = ray.get(ref)
             self.journal.put(self.key, "window", episode, shard=shard, item=i)
             self.report["episodes"] += episode is not None
-            self.report["frames_decoded"] = counter.decoded
 
     def _packets(self, windows: list[CaptureWindow], counter: DecodeCounter) -> Iterator[FramePacket]:
         if not self.info.has_video or not windows:
@@ -270,7 +283,7 @@ class LiveIngestActor:
         self.capture = LiveCapture(
             spec, stream_id=stream_id, chunk_s=ing.chunk_s,
             fps=None if ing.every_frame else ing.perception_fps, max_side=ing.max_side,
-            pre_roll_s=trig.pre_roll_s, post_roll_s=trig.post_roll_s, max_window_s=trig.max_window_s,
+            pre_roll_s=trig.pre_roll_s, post_roll_s=trig.post_roll_s, max_window_s=trig.max_window_s, max_capture_s=trig.max_capture_s,
             ring_max_mb=cfg.sources.ring_max_mb, max_pending_frames=cfg.sources.max_pending_frames,
             fast=ing.fast_decode and not ing.every_frame,
         )  # fmt: skip

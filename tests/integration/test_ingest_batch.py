@@ -30,7 +30,10 @@ def eidetic(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
 
 def _episodes(store: Path) -> list[tuple[str, float]]:
     with sqlite3.connect(store / "eidetic.db") as db:
-        return sorted(db.execute("SELECT source, t_start FROM episodes").fetchall())
+        try:
+            return sorted(db.execute("SELECT source, t_start FROM episodes").fetchall())
+        except sqlite3.OperationalError:  # the store is being created
+            return []
 
 
 def _shards_done(journal: Path) -> int:
@@ -122,3 +125,18 @@ def test_live_stream_until_sigterm(tmp_path):
     assert src["error"] is None and src["status"] == "stopped" and src["episodes"] >= 1
     assert src["frames_processed"] > 0 and src["frames_decoded"] < src["duration_s"] * 12 / 2
     assert _episodes(store)[0][0] == url
+
+
+def test_video_paired_with_a_separate_audio_file(tmp_path):
+    video = write_video(tmp_path / "mute.mp4", duration_s=8.0, audio=False)
+    sound = write_video(tmp_path / "mic.m4a", duration_s=8.0, clicks_at=[2.0, 6.0], video=False)
+    store = tmp_path / "store"
+    r = eidetic("ingest", str(video), "--audio", str(sound), "--store", str(store), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (src,) = json.loads(r.stdout)["sources"]
+    assert src["error"] is None and src["episodes"] == 2 and src["triggers"] == 2
+    assert "visual" not in " ".join(src["warnings"])  # the paired audio triggered, not the fallback
+    starts = [t for _, t in _episodes(store)]
+    assert starts[0] <= 2.0 <= starts[0] + 3 and starts[1] <= 6.0 <= starts[1] + 3
+    bad = eidetic("ingest", str(video), "--audio", str(video), "--store", str(store), "--json")
+    assert bad.returncode == 3 and "has no audio stream to pair" in json.loads(bad.stdout)["sources"][0]["error"]
