@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from memory.retrieval import Ref, Where, _rows, concept, has_table, max_span_s
+from memory.retrieval import Ref, Where, _rows, concept, has_table, max_span_s, refs
 from memory.text import tokenize
 from memory.types import Episode, SoundRecord
 
@@ -94,6 +94,9 @@ def _log_summary(store: StoreReader) -> tuple[list[str], float]:
     return labels, longest
 
 
+Keep = Callable[[list["Happening"]], list["Happening"]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Seed:
     source: str
@@ -103,16 +106,21 @@ class _Seed:
 
 
 def _episode_seeds(store: StoreReader, cand: Where, words: Sequence[str], exact: Sequence[str]) -> list[_Seed]:
-    """Sounds of the candidate episodes whose label the question names."""
-    sql = ("SELECT e.id, e.source, e.t_start, e.wall_start, json_extract(j.value, '$.label'), "
-           "json_extract(j.value, '$.score'), json_extract(j.value, '$.t_start'), "
-           f"json_extract(j.value, '$.t_end') FROM episodes e, json_each(e.sounds) j WHERE {cand.sql} "
-           "LIMIT ?")  # fmt: skip
+    """Sounds of the candidate episodes whose label the question names (JSON decoded here:
+    cheaper than SQLite's json_each for thousands of episodes)."""
+    sql = f"SELECT e.id, e.source, e.t_start, e.wall_start, e.sounds FROM episodes e WHERE {cand.sql} LIMIT ?"
+    return _seeds_of(_rows(store, sql, [*cand.args, MAX_SEEDS]), words, exact)
+
+
+def _seeds_of(rows: Sequence[Any], words: Sequence[str], exact: Sequence[str]) -> list[_Seed]:
     out = []
-    for eid, source, t0, wall, label, score, ts, te in _rows(store, sql, [*cand.args, MAX_SEEDS]):
-        if (label in exact) if exact else label_matches(label, words):
-            w = None if wall is None else float(wall) + float(ts) - float(t0)
-            out.append(_Seed(source, SoundRecord(label, float(score), float(ts), float(te)), int(eid), w))
+    for eid, source, t0, wall, sounds in rows:
+        for d in json.loads(sounds):
+            label = d["label"]
+            if (label in exact) if exact else label_matches(label, words):
+                w = None if wall is None else float(wall) + float(d["t_start"]) - float(t0)
+                sound = SoundRecord(label, float(d["score"]), float(d["t_start"]), float(d["t_end"]))
+                out.append(_Seed(source, sound, int(eid), w))
     return out
 
 
@@ -196,6 +204,8 @@ def find(
     labels: Sequence[str] = (),
     flt: dict[str, Any] | None = None,
     log: bool = True,
+    which: Literal["first", "last"] | None = None,
+    keep: Keep | None = None,
 ) -> list[Happening] | None:
     """The happenings the question names, chronological; None when no remembered sound does.
 
@@ -209,16 +219,30 @@ def find(
         The media-time filters (source, since, until) for the audio event log.
     log : bool
         Consult the audio event log too (it keeps media times only: not with wall-time filters).
+    which : {"first", "last"}, optional
+        Only the first (last) happening is wanted: without log sounds to merge, episodes are
+        read a page at a time until one is found.
+    keep : callable, optional
+        Filters the chronological happenings (e.g. those after an anchor's chain) before
+        ``which`` picks one.
     """
     if not words and not labels:
         return None
-    seeds = _episode_seeds(store, cand, words, labels)
     named, longest = _log_summary(store)
-    if log:
-        named = [x for x in named if (x in labels if labels else label_matches(x, words))]
-        if named:
-            seeds += _log_seeds(store, named, flt or {})
-    lo, hi = (flt or {}).get("since"), (flt or {}).get("until")
+    named = [x for x in named if (x in labels if labels else label_matches(x, words))] if log else []
+    if which is not None and not named:  # episodes only: page through them, stop at the first
+        return _first_or_last(store, cand, words, labels, flt or {}, which, longest, keep)
+    seeds = _episode_seeds(store, cand, words, labels)
+    if named:
+        seeds += _log_seeds(store, named, flt or {})
+    return _onsets(store, seeds, flt or {}, longest, keep)
+
+
+def _onsets(
+    store: StoreReader, seeds: list[_Seed], flt: dict[str, Any], longest: float, keep: Keep | None
+) -> list[Happening] | None:
+    """The happenings begun by ``seeds`` (None when no seed names a sound), chronological."""
+    lo, hi = flt.get("since"), flt.get("until")
     seeds = [s for s in seeds if s.sound.label not in GENERIC_LABELS
              and (lo is None or s.sound.t_end >= lo) and (hi is None or s.sound.t_start <= hi)]  # fmt: skip
     if not seeds:
@@ -226,8 +250,37 @@ def find(
     seeds = _dedup(seeds)
     cont = _continuing(store, seeds, longest)
     onsets = _tie(store, [s for i, s in enumerate(seeds) if i not in cont])
-    found = [Happening(s.source, s.sound, s.episode_id, s.wall) for s in onsets]
-    return sorted(found, key=lambda h: h.key)
+    found = sorted((Happening(s.source, s.sound, s.episode_id, s.wall) for s in onsets), key=lambda h: h.key)
+    return keep(found) if keep is not None else found
+
+
+PAGE = 64  # episodes examined at a time for a first / last happening
+
+
+def _first_or_last(
+    store: StoreReader,
+    cand: Where,
+    words: Sequence[str],
+    labels: Sequence[str],
+    flt: dict[str, Any],
+    which: Literal["first", "last"],
+    longest: float,
+    keep: Keep | None,
+) -> list[Happening] | None:
+    """The first (last) happening among the candidate episodes, a page of them at a time."""
+    sql = ("SELECT e.id, e.source, e.t_start, e.wall_start, e.sounds FROM episodes e "
+           "WHERE e.id IN (SELECT value FROM json_each(?))")  # fmt: skip
+    any_seed = False
+    for offset in range(0, MAX_SEEDS, PAGE):
+        page = refs(store, cand, order="asc" if which == "first" else "desc", limit=PAGE, offset=offset)
+        if not page:
+            break
+        rows = _rows(store, sql, [json.dumps([r.episode_id for r in page])])
+        found = _onsets(store, _seeds_of(rows, words, labels), flt, longest, keep)
+        any_seed = any_seed or found is not None
+        if found:
+            return found[:1] if which == "first" else found[-1:]
+    return [] if any_seed else None
 
 
 def beyond(

@@ -216,7 +216,8 @@ class QueryEngine:
             eps = self.store.get_many([q.anchor_episode])
             return Anchor(found[0], eps[0]) if found and eps else None
         where = self._match_words(base.copy(), q.anchor)
-        heard = happenings.find(self.store, where, q.anchor, flt=flt, log=log)
+        which = "first" if q.anchor_which == "first" else "last"
+        heard = happenings.find(self.store, where, q.anchor, flt=flt, log=log, which=which)
         if heard:
             h = heard[0] if q.anchor_which == "first" else heard[-1]
             eps = self.store.get_many([h.episode_id]) if h.episode_id is not None else []

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from memory.episodes import format_time
 from memory.happenings import Happening, beyond, find
@@ -102,6 +102,18 @@ class Anchor:
         return describe(self.episode, at=self.at)
 
 
+def _pick(q: Question) -> Literal["first", "last"] | None:
+    """Which single occurrence a when-question wants: "first", "the first after X" → first;
+    "last", "the last before X" → last; else None (all of them, or a count)."""
+    if q.intent is Intent.COUNT:
+        return None
+    if q.which == "first" or (q.which is None and q.relation == "after"):
+        return "first"
+    if q.which == "last" or (q.which is None and q.relation == "before"):
+        return "last"
+    return None
+
+
 def nothing(what: str | None) -> Answer:
     subject = repr(what) if what else "the example"
     return Answer(False, f"Nothing in memory matches {subject}.", ())
@@ -152,10 +164,13 @@ class Reasoner:
             return Answer(True, f"{prefix}{listed(chosen, k)}{more}.", cite(chosen, score))
         words = _words(q)
         if sounds is not None and q.intent in (Intent.WHEN, Intent.YESNO, Intent.COUNT):
-            found = find(self.store, cand, words, labels=q.labels, **sounds)
+            keep = None
+            if anchor is not None and q.relation:
+                ref, relation, at = anchor.ref, q.relation, anchor.at
+                keep = lambda found: beyond(found, ref, relation, at)  # noqa: E731
+            found = find(self.store, cand, words, labels=q.labels, which=_pick(q), keep=keep,
+                         **sounds)  # fmt: skip
             if found is not None:
-                if anchor is not None and q.relation:
-                    found = beyond(found, anchor.ref, q.relation, anchor.at)
                 return self._happened(q, k, found, anchor, rel, text)
         if q.intent is Intent.COUNT:
             found_refs, n = self._occurrences(cand, words)
@@ -192,11 +207,10 @@ class Reasoner:
         """When / how many, from happenings: each cited by its episode (or as a sound only)."""
         if not found:
             return self._empty(q, anchor, text)
-        after = q.relation == "after"
         total = len(found)
-        if q.intent is not Intent.COUNT and (q.which == "first" or (q.which is None and q.relation and after)):
+        if _pick(q) == "first":
             found, total = found[:1], 1
-        elif q.intent is not Intent.COUNT and (q.which == "last" or (q.which is None and q.relation)):
+        elif _pick(q) == "last":
             found, total = found[-1:], 1
         shown = found[: MAX_EVIDENCE if q.intent is Intent.COUNT else k]
         eps = {e.episode_id: e for e in self.store.get_many([h.episode_id for h in shown if h.episode_id])}

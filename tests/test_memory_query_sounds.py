@@ -103,3 +103,22 @@ def test_before_and_after_a_sound(store: EpisodeStore) -> None:
 
 def test_wall_clock_questions_do_not_use_the_log(store: EpisodeStore) -> None:
     assert not ask(store, "did the dog bark in the last hour?").answered  # a file: no wall time
+
+
+@pytest.mark.parametrize("page", [1, 2, 64])
+def test_first_and_last_page_through_episodes(tmp_path: Path, monkeypatch, page: int) -> None:
+    """Without log sounds, a first/last happening is found a page of episodes at a time; the
+    answers are those of the whole list."""
+    import memory.happenings
+
+    monkeypatch.setattr(memory.happenings, "PAGE", page)
+    with EpisodeStore(tmp_path / "s") as s:
+        for (t0, t1), sounds in EPISODES:
+            s.add(episode(t0, t1, *sounds), [np.zeros((8, 8, 3), np.uint8)])
+        assert cited(ask(s, "when did the glass break for the last time?")) == [(4, 60.5)]
+        assert cited(ask(s, "when did the glass break for the first time?")) == [(1, 4.5)]
+        assert not ask(s, "when was a can opened for the last time?").answered  # continuations
+        a = ask(s, "when did the glass break after the alarm rang?")
+        assert cited(a) == [(4, 60.5)]
+        a = ask(s, "what happened after the toilet flushed?")  # its can-tail is not "after"
+        assert cited(a)[0] == (3, 40.5)
