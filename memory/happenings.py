@@ -17,6 +17,7 @@ the evidence still shows keyframes and the clip; otherwise it is a sound-only ha
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -69,6 +70,11 @@ class Happening:
 def label_matches(label: str, words: Sequence[str]) -> bool:
     """Every word of the question names the label (prefixes, sound words: "bark" ~ "dog"); with
     3+ words one may be missing."""
+    return _label_matches(label, tuple(words))
+
+
+@functools.lru_cache(maxsize=4096)
+def _label_matches(label: str, words: tuple[str, ...]) -> bool:
     tokens = tokenize(label)
     hit = sum(any(t.startswith(a) or a.startswith(t) for a in concept(w) for t in tokens)
               for w in words)  # fmt: skip
@@ -105,17 +111,19 @@ class _Seed:
     wall: float | None
 
 
-def _episode_seeds(store: StoreReader, cand: Where, words: Sequence[str], exact: Sequence[str]) -> list[_Seed]:
-    """Sounds of the candidate episodes whose label the question names (JSON decoded here:
-    cheaper than SQLite's json_each for thousands of episodes)."""
+def _episode_rows(store: StoreReader, cand: Where) -> list[Any]:
+    """The candidate episodes' (id, source, t_start, wall_start, sounds JSON)."""
     sql = f"SELECT e.id, e.source, e.t_start, e.wall_start, e.sounds FROM episodes e WHERE {cand.sql} LIMIT ?"
-    return _seeds_of(_rows(store, sql, [*cand.args, MAX_SEEDS]), words, exact)
+    return _rows(store, sql, [*cand.args, MAX_SEEDS])
 
 
 def _seeds_of(rows: Sequence[Any], words: Sequence[str], exact: Sequence[str]) -> list[_Seed]:
+    """Sounds of these episode rows whose label the question names (JSON decoded here: cheaper
+    than SQLite's json_each for thousands of episodes)."""
     out = []
-    for eid, source, t0, wall, sounds in rows:
-        for d in json.loads(sounds):
+    decoded = json.loads("[" + ",".join(r[4] for r in rows) + "]")  # one parse for all rows
+    for (eid, source, t0, wall, _), sounds in zip(rows, decoded):
+        for d in sounds:
             label = d["label"]
             if (label in exact) if exact else label_matches(label, words):
                 w = None if wall is None else float(wall) + float(d["t_start"]) - float(t0)
@@ -232,7 +240,10 @@ def find(
     named = [x for x in named if (x in labels if labels else label_matches(x, words))] if log else []
     if which is not None and not named:  # episodes only: page through them, stop at the first
         return _first_or_last(store, cand, words, labels, flt or {}, which, longest, keep)
-    seeds = _episode_seeds(store, cand, words, labels)
+    rows = _episode_rows(store, cand)
+    if not rows and not named:
+        return []  # no candidate at all: nothing happened (the episode path would find none)
+    seeds = _seeds_of(rows, words, labels)
     if named:
         seeds += _log_seeds(store, named, flt or {})
     return _onsets(store, seeds, flt or {}, longest, keep)
@@ -274,7 +285,7 @@ def _first_or_last(
     for offset in range(0, MAX_SEEDS, PAGE):
         page = refs(store, cand, order="asc" if which == "first" else "desc", limit=PAGE, offset=offset)
         if not page:
-            break
+            return [] if offset == 0 else ([] if any_seed else None)
         rows = _rows(store, sql, [json.dumps([r.episode_id for r in page])])
         found = _onsets(store, _seeds_of(rows, words, labels), flt, longest, keep)
         any_seed = any_seed or found is not None
