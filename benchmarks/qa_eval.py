@@ -219,27 +219,76 @@ def memory_agreement(sc: Soundscape, eps: list) -> tuple[int, int, int]:
     return sum(hit(e) for e in trig), len(trig), extra
 
 
-def run_scenarios(n: int, minutes: float, seed: int, work: Path) -> dict[str, Any]:
-    from pipeline.api import Eidetic
-    from pipeline.graph import source_name
+def in_memory(q: dict[str, Any], sc: Soundscape, eps: list, heard: list) -> dict[str, Any]:
+    """Where the truth events of question ``q`` are in memory (attributes an error to the
+    pipeline or to reasoning): how many of them have an episode labelled with their class
+    holding a sound of that class within ±TOL_S of their onset, and how many have such a sound
+    in the audio event log (``heard``: ``LoggedSound`` rows of the source)."""
+    trig = [e for e in sc.events if e.kind == "trigger" and e.label == q["label"]]
 
+    def near(s) -> bool:
+        return any(s.label == e.label and abs(s.t_start - e.t_start) <= TOL_S for e in trig)
+
+    in_eps = sum(any(e.label in ep.labels and any(s.label == e.label and abs(s.t_start - e.t_start) <= TOL_S
+                                                   for s in ep.sounds) for ep in eps) for e in trig)  # fmt: skip
+    in_log = sum(any(h.sound.label == e.label and abs(h.sound.t_start - e.t_start) <= TOL_S for h in heard)
+                 for e in trig)  # fmt: skip
+    spurious = sum(1 for h in heard if h.sound.label == q["label"] and not near(h.sound))
+    return {"events": len(trig), "in_episodes": in_eps, "in_sound_log": in_log, "spurious_sounds": spurious}
+
+
+def ingest_scenarios(n: int, minutes: float, seed: int, work: Path) -> tuple[list, dict, float]:
+    """Build and ingest the scenarios into ``work/store``, or reuse them when ``work`` holds a
+    finished run of the same arguments (``work/scenarios.json``): to study answers without
+    re-ingesting."""
+    from benchmarks.soundscapes import TruthEvent
+    from pipeline.api import Eidetic
+
+    saved = work / "scenarios.json"
+    args = {"n": n, "minutes": minutes, "seed": seed}
+    if saved.exists():
+        doc = json.loads(saved.read_text())
+        if doc["args"] != args:
+            raise SystemExit(f"{work} holds a run of {doc['args']}, not {args}; use another --work")
+        built = [(Path(b["video"]), Soundscape(samples=np.zeros(int(b["duration_s"] * 16000), np.float32),
+                                               events=tuple(TruthEvent(**e) for e in b["events"]),
+                                               background=(), seed=(seed, i), gain_db=0.0))
+                 for i, b in enumerate(doc["scenarios"])]  # fmt: skip
+        return built, doc["ingest"], doc["ingest_wall_s"]
+    work.mkdir(parents=True, exist_ok=True)
     built = build_scenarios(n, minutes, seed, work)
     memory = Eidetic(work / "store")
     t0 = time.perf_counter()
     report = memory.ingest([str(p) for p, _ in built])
     ingest_s = time.perf_counter() - t0
+    memory.close()
+    scenarios = [{"video": str(p), "duration_s": sc.duration, "events": [dataclasses.asdict(e) for e in sc.events]}
+                 for p, sc in built]  # fmt: skip
+    saved.write_text(json.dumps({"args": args, "scenarios": scenarios, "ingest": report,
+                                 "ingest_wall_s": ingest_s}, indent=1))  # fmt: skip
+    return built, report, ingest_s
+
+
+def run_scenarios(n: int, minutes: float, seed: int, work: Path) -> dict[str, Any]:
+    from pipeline.api import Eidetic
+    from pipeline.graph import source_name
+
+    built, report, ingest_s = ingest_scenarios(n, minutes, seed, work)
+    memory = Eidetic(work / "store")
     rows, latencies, found, truths, extra = [], [], 0, 0, 0
     for path, sc in built:
         source = source_name(str(path))
         eps = memory.store.episodes(source=source, limit=10_000)
-        stored = {lab for ep in eps for lab in ep.labels}
+        heard = memory.store.sounds(source=source, limit=100_000)
+        stored = {lab for ep in eps for lab in ep.labels} | {h.sound.label for h in heard}
         f, t, x = memory_agreement(sc, eps)
         found, truths, extra = found + f, truths + t, extra + x
         for q in questions(sc):
             t1 = time.perf_counter()
             answer = memory.query(q["text"], source=source, k=K)
             latencies.append(time.perf_counter() - t1)
-            rows.append({**score(q, answer, stored), "scenario": path.name})
+            rows.append({**score(q, answer, stored), "scenario": path.name,
+                         "memory": in_memory(q, sc, eps, heard)})  # fmt: skip
     memory.close()
     types = sorted({r["type"] for r in rows})
     per_type = {t: {"n": sum(r["type"] == t for r in rows),
@@ -377,10 +426,30 @@ def format_table(doc: dict[str, Any]) -> str:
         f"trigger events stored with their label, {qa['memory']['extra_labels']} labels matching no event",
         f"answer latency (Python API): p50 {qa['answer_latency_ms']['p50']:.1f} ms, "
         f"p99 {qa['answer_latency_ms']['p99']:.1f} ms",
-        f"HTTP /v1/query at {http['episodes']} episodes, {http['requests']} requests: "
-        f"p50 {http['p50_ms']:.1f} ms ({'PASS' if passes('http_p50_ms', http['p50_ms']) else 'FAIL'}), "
-        f"p99 {http['p99_ms']:.1f} ms ({'PASS' if passes('http_p99_ms', http['p99_ms']) else 'FAIL'})",
     ]
+    if http is not None:
+        lines.append(
+            f"HTTP /v1/query at {http['episodes']} episodes, {http['requests']} requests: "
+            f"p50 {http['p50_ms']:.1f} ms ({'PASS' if passes('http_p50_ms', http['p50_ms']) else 'FAIL'}), "
+            f"p99 {http['p99_ms']:.1f} ms ({'PASS' if passes('http_p99_ms', http['p99_ms']) else 'FAIL'})")
+    return "\n".join(lines)
+
+
+def diagnose(qa: dict[str, Any], *, wrong_only: bool = True) -> str:
+    """One line per question: type, label, expected vs answered, where its truth is in memory
+    (``eps``: events stored in an episode with their label; ``log``: in the audio event log;
+    ``spur``: logged sounds of that label matching no event)."""
+    lines = []
+    for r in qa["questions"]:
+        if wrong_only and r["correct"]:
+            continue
+        m = r["memory"]
+        truth = r["truth"] if not isinstance(r["truth"], list) else [round(t, 1) for t in r["truth"]]
+        truth = round(truth, 1) if isinstance(truth, float) else truth
+        mark = "ok " if r["correct"] else ("FAB" if r["fabricated"] else "BAD")
+        lines.append(f"{mark} {r['scenario']:<14} {r['type']:<6} {r['label']:<17} "
+                     f"eps {m['in_episodes']}/{m['events']} log {m['in_sound_log']}/{m['events']} "
+                     f"spur {m['spurious_sounds']}  expected {truth}\n      answer: {r['answer'][:400]}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -402,15 +471,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="1 scenario of 0.5 min, 5,000 episodes, 120 requests")
     ap.add_argument("--http-only", action="store_true", help="skip the scenarios (latency only)")
+    ap.add_argument("--no-http", action="store_true", help="skip the HTTP latency part")
+    ap.add_argument("--work", help="keep the scenarios and their store in this folder, and reuse "
+                                   "them when it holds a run of the same arguments (no re-ingest)")
+    ap.add_argument("--diagnose", choices=["wrong", "all"],
+                    help="print one line per question (wrong ones, or all) to stderr")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "qa_eval.json"))
     args = ap.parse_args(argv)
     if args.quick:
         args.scenarios, args.minutes, args.episodes, args.requests = 1, 0.5, 5000, 120
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="qa_eval-") as tmp:
-        work = Path(tmp)
+        work = Path(args.work).resolve() if args.work else Path(tmp)
         qa = None if args.http_only else run_scenarios(args.scenarios, args.minutes, args.seed, work)
-        http = run_http(args.episodes, args.requests, args.seed, work)
+        http = None if args.no_http else run_http(args.episodes, args.requests, args.seed, Path(tmp))
+    if qa is not None and args.diagnose:
+        print(diagnose(qa, wrong_only=args.diagnose == "wrong"), file=sys.stderr)
     doc = {"command": "python benchmarks/qa_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "git": _git(), "args": vars(args), "load": load(), "targets": TARGETS, "qa": qa, "http": http}  # fmt: skip
     out = Path(args.out)

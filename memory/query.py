@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from memory import happenings
 from memory.episodes import l2_normalize
 from memory.errors import EpisodeNotFound, ParameterError
 from memory.questions import (
@@ -31,7 +32,7 @@ from memory.questions import (
     TimeSpan,
     parse_question,
 )
-from memory.reasoning import Reasoner, describe, nothing
+from memory.reasoning import Anchor, Reasoner, describe, nothing
 from memory.retrieval import (
     Ref,
     Where,
@@ -131,14 +132,17 @@ class QueryEngine:
         base = Where().filters(**flt).labels(q.labels).bounds(flt, max_span_s(self.store))
         if clock is not None:
             base.clock(clock, max_span_s(self.store))
+        # the audio event log keeps media times only: not with wall-clock filters
+        log = clock is None and flt["wall_since"] is None and flt["wall_until"] is None
+        sound_flt = {"source": flt["source"], "since": flt["since"], "until": flt["until"]}
         anchor = None
         if q.relation and (q.anchor or q.anchor_episode is not None):
-            anchor = self._anchor(q, base)
+            anchor = self._anchor(q, base, sound_flt, log)
             if anchor is None:
                 return _nothing(q.anchor_text or query.text)
         cand = base.copy()
         if anchor is not None:
-            cand.beyond(anchor, q.relation or "after")
+            cand.beyond(anchor.ref, q.relation or "after")
         scores: dict[int, float] = {}
         words = q.keywords
         if q.object_id is not None or q.object_name:
@@ -164,7 +168,10 @@ class QueryEngine:
             scores = self._similar(examples, flt, query.k, exclude=q.similar_to)
             cand.ids(list(scores))
         logger.debug("question %r parsed as %s", query.text, q)
-        return self._reason(q, query, cand, anchor, scores)
+        objects = q.object_id is not None or q.object_name is not None
+        sounds = None if objects or examples else {"flt": sound_flt, "log": log}
+        return Reasoner(self.store).answer(q, query.k, cand, anchor, scores, query.text,
+                                           sounds=sounds)  # fmt: skip
 
     def _check_example(self, q: Question, query: Query) -> None:
         need = {"image": query.visual is None, "sound": query.audio is None,
@@ -200,15 +207,29 @@ class QueryEngine:
             flt[hi] = span.hi if flt[hi] is None else min(flt[hi], span.hi)
         return flt, None
 
-    def _anchor(self, q: Question, base: Where) -> Ref | None:
-        """The episode "X" in "after X": the latest match, or the earliest for "after the first
-        X"; or the episode named by id."""
+    def _anchor(self, q: Question, base: Where, flt: dict[str, Any], log: bool) -> Anchor | None:
+        """The X in "after X": its latest happening (the earliest for "after the first X"),
+        ending where its chain of sounds ends; else the latest (earliest) episode matching X;
+        or the episode named by id."""
         if q.anchor_episode is not None:
             found = refs_of(self.store, [q.anchor_episode])
-            return found[0] if found else None
+            eps = self.store.get_many([q.anchor_episode])
+            return Anchor(found[0], eps[0]) if found and eps else None
         where = self._match_words(base.copy(), q.anchor)
+        which = "first" if q.anchor_which == "first" else "last"
+        heard = happenings.find(self.store, where, q.anchor, flt=flt, log=log, which=which)
+        if heard:
+            h = heard[0] if q.anchor_which == "first" else heard[-1]
+            eps = self.store.get_many([h.episode_id]) if h.episode_id is not None else []
+            end = happenings.chain_end(self.store, h)
+            if not eps:
+                return Anchor(h.as_ref(end), h.as_episode(), h.sound.t_start)
+            ep = eps[0]  # its episode orders it among episodes; the chain's end bounds "after"
+            ref = Ref(int(ep.episode_id or 0), ep.source, ep.t_start, end, ep.wall_start)
+            return Anchor(ref, ep, h.sound.t_start)
         got = refs(self.store, where, order="asc" if q.anchor_which == "first" else "desc", limit=1)
-        return got[0] if got else None
+        eps = self.store.get_many([got[0].episode_id]) if got else []
+        return Anchor(got[0], eps[0]) if eps else None
 
     def _match_words(self, where: Where, words: Sequence[str]) -> Where:
         """All ``words`` must match; with 3+ words, all but one if no episode has them all."""
@@ -269,11 +290,6 @@ class QueryEngine:
                 if s >= self.min_similarity and i != exclude:
                     best[i] = max(best.get(i, s), s)
         return best
-
-    def _reason(
-        self, q: Question, query: Query, cand: Where, anchor: Ref | None, scores: dict[int, float]
-    ) -> Answer:
-        return Reasoner(self.store).answer(q, query.k, cand, anchor, scores, query.text)
 
 
 KeyframeUrl = Callable[[int, int], str]

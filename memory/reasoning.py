@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import PurePath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from memory.episodes import format_time
+from memory.happenings import Happening, beyond, find
 from memory.questions import Intent, Question
 from memory.retrieval import Ref, Where, concept, count, ranked_by_text, refs, sightings
 from memory.text import tokenize
@@ -37,21 +39,27 @@ def matches(label: str, words: Sequence[str]) -> bool:
     return any(t.startswith(a) or a.startswith(t) for t in tokenize(label) for a in alts)
 
 
-def describe(ep: Episode, words: Sequence[str] = ()) -> str:
+def describe(ep: Episode, words: Sequence[str] = (), *, at: float | None = None) -> str:
     """``"glass_breaking at 0:04.2 (episode 2: 0:03.2–0:06.0 on cam1)"`` (+ UTC for live sources).
 
-    The first time is when the episode's first sound the question's ``words`` name began (else
-    its first sound; absent without sounds), the span is the episode's (pre- and post-roll
-    included); file sources are named by their file name.
+    The first time is ``at`` (a happening's onset) when given, else when the episode's first
+    sound the question's ``words`` name began (else its first sound; absent without sounds); the
+    span is the episode's (pre- and post-roll included); file sources are named by their file
+    name. A sound-only item (no episode: heard, not captured) reads
+    ``"dog at 0:25.0 (heard on cam1, not captured)"``.
     """
     what = ", ".join(ep.labels) or "activity"
     named = [s for s in ep.sounds if words and matches(s.label, words)] or ep.sounds
-    heard = f" at {format_time(min(s.t_start for s in named))}" if named else ""
+    if at is None and named:
+        at = min(s.t_start for s in named)
+    heard = f" at {format_time(at)}" if at is not None else ""
     wall = ""
     if ep.wall_start is not None:
         utc = datetime.fromtimestamp(ep.wall_start, tz=timezone.utc)
         wall = f", {utc:%Y-%m-%d %H:%M:%S} UTC"
     source = ep.source if "://" in ep.source else PurePath(ep.source).name
+    if ep.episode_id is None:
+        return f"{what}{heard} (heard on {source}{wall}, not captured)"
     span = f"{format_time(ep.t_start)}–{format_time(ep.t_end)}"
     return f"{what}{heard} (episode {ep.episode_id}: {span} on {source}{wall})"
 
@@ -81,6 +89,31 @@ def _words(q: Question) -> tuple[str, ...]:
     return q.keywords or tuple(w for label in q.labels for w in tokenize(label))
 
 
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """The X of "after X": where it is for SQL (``ref``; ``t_end`` is where its happening ends),
+    the episode (or sound-only item) to cite, and the onset to state."""
+
+    ref: Ref
+    episode: Episode
+    at: float | None = None
+
+    def describe(self) -> str:
+        return describe(self.episode, at=self.at)
+
+
+def _pick(q: Question) -> Literal["first", "last"] | None:
+    """Which single occurrence a when-question wants: "first", "the first after X" → first;
+    "last", "the last before X" → last; else None (all of them, or a count)."""
+    if q.intent is Intent.COUNT:
+        return None
+    if q.which == "first" or (q.which is None and q.relation == "after"):
+        return "first"
+    if q.which == "last" or (q.which is None and q.relation == "before"):
+        return "last"
+    return None
+
+
 def nothing(what: str | None) -> Answer:
     subject = repr(what) if what else "the example"
     return Answer(False, f"Nothing in memory matches {subject}.", ())
@@ -100,13 +133,19 @@ class Reasoner:
         q: Question,
         k: int,
         cand: Where,
-        anchor: Ref | None,
+        anchor: Anchor | None,
         scores: dict[int, float],
         text: str | None,
+        *,
+        sounds: dict[str, Any] | None = None,
     ) -> Answer:
-        """The answer to ``q`` over the candidates ``cand`` (``scores``: example similarity)."""
-        anchor_ep = self._episodes([anchor])[0] if anchor is not None else None
-        rel = f" ({q.relation} {describe(anchor_ep)})" if anchor_ep is not None else ""
+        """The answer to ``q`` over the candidates ``cand`` (``scores``: example similarity).
+
+        ``sounds``: answer when/how-many from happenings (:mod:`memory.happenings`) with these
+        keywords of :func:`memory.happenings.find` (``flt``, ``log``); None: from episodes only.
+        """
+        anchor_ep = anchor.episode if anchor is not None else None
+        rel = f" ({q.relation} {anchor.describe()})" if anchor is not None else ""
 
         def cite(chosen: Sequence[Episode], score: dict[int, float] | None = None) -> tuple:
             hits = [EpisodeHit(ep, (score or scores).get(ep.episode_id, 1.0)) for ep in chosen]
@@ -115,27 +154,36 @@ class Reasoner:
         if q.intent is Intent.WHAT or q.intent is Intent.SIMILAR:
             chosen, score, total = self._what(q, k, cand, anchor, scores)
             if not chosen:
-                return self._empty(q, anchor_ep, text)
-            if anchor_ep is not None:
+                return self._empty(q, anchor, text)
+            if anchor is not None:
                 head = "After" if q.relation == "after" else "Before"
-                return Answer(True, f"{head} {describe(anchor_ep)}: {listed(chosen, k)}.",
+                return Answer(True, f"{head} {anchor.describe()}: {listed(chosen, k)}.",
                               cite(chosen, score))  # fmt: skip
             more = f" ({total} matching in all)" if total > len(chosen) else ""
             prefix = "Similar: " if q.intent is Intent.SIMILAR else ""
             return Answer(True, f"{prefix}{listed(chosen, k)}{more}.", cite(chosen, score))
         words = _words(q)
+        if sounds is not None and q.intent in (Intent.WHEN, Intent.YESNO, Intent.COUNT):
+            keep = None
+            if anchor is not None and q.relation:
+                ref, relation, at = anchor.ref, q.relation, anchor.at
+                keep = lambda found: beyond(found, ref, relation, at)  # noqa: E731
+            found = find(self.store, cand, words, labels=q.labels, which=_pick(q), keep=keep,
+                         **sounds)  # fmt: skip
+            if found is not None:
+                return self._happened(q, k, found, anchor, rel, text)
         if q.intent is Intent.COUNT:
-            found, n = self._occurrences(cand, words)
+            found_refs, n = self._occurrences(cand, words)
             if n == 0:
-                return self._empty(q, anchor_ep, text)
-            chrono = self._episodes(found[:MAX_EVIDENCE])
+                return self._empty(q, anchor, text)
+            chrono = self._episodes(found_refs[:MAX_EVIDENCE])
             noun = "time" if n == 1 else "times"
             what = topic(chrono, words) if words else "episodes"
             sentence = f"{what}: {n} {noun}{rel}: {listed(chrono, k, n, words)}."
             return Answer(True, sentence, cite(chrono))
-        chosen, total = self._when(q, k, cand, anchor)
+        chosen, total = self._when(q, k, cand, anchor.ref if anchor is not None else None)
         if not chosen:
-            return self._empty(q, anchor_ep, text)
+            return self._empty(q, anchor, text)
         if q.intent is Intent.DURATION:
             what = topic(chosen, q.keywords)
             parts = [f"{what} lasted {ep.t_end - ep.t_start:.1f} s ({describe(ep)})"
@@ -147,11 +195,44 @@ class Reasoner:
         prefix = "Yes: " if q.intent is Intent.YESNO else ""
         return Answer(True, f"{prefix}{listed(chosen, k, total, words)}{rel}.", cite(chosen))
 
-    def _empty(self, q: Question, anchor_ep: Episode | None, text: str | None) -> Answer:
-        if anchor_ep is None:
+    def _happened(
+        self,
+        q: Question,
+        k: int,
+        found: list[Happening],
+        anchor: Anchor | None,
+        rel: str,
+        text: str | None,
+    ) -> Answer:
+        """When / how many, from happenings: each cited by its episode (or as a sound only)."""
+        if not found:
+            return self._empty(q, anchor, text)
+        total = len(found)
+        if _pick(q) == "first":
+            found, total = found[:1], 1
+        elif _pick(q) == "last":
+            found, total = found[-1:], 1
+        shown = found[: MAX_EVIDENCE if q.intent is Intent.COUNT else k]
+        eps = {e.episode_id: e for e in self.store.get_many([h.episode_id for h in shown if h.episode_id])}
+        items = [(eps[h.episode_id] if h.episode_id in eps else h.as_episode(), h) for h in shown]
+        text_ = "; ".join(describe(ep, at=h.sound.t_start) for ep, h in items[:k])
+        if total > min(k, len(items)):
+            text_ += f"; and {total - min(k, len(items))} more"
+        hits = [EpisodeHit(ep, round(h.sound.score, 4)) for ep, h in items]
+        if anchor is not None:
+            hits.append(EpisodeHit(anchor.episode, 0.0))
+        if q.intent is Intent.COUNT:
+            what = Counter(h.sound.label for h in found).most_common(1)[0][0]
+            noun = "time" if total == 1 else "times"
+            return Answer(True, f"{what}: {total} {noun}{rel}: {text_}.", tuple(hits))
+        prefix = "Yes: " if q.intent is Intent.YESNO else ""
+        return Answer(True, f"{prefix}{text_}{rel}.", tuple(hits))
+
+    def _empty(self, q: Question, anchor: Anchor | None, text: str | None) -> Answer:
+        if anchor is None:
             return nothing(text)
-        return Answer(True, f"Nothing is remembered {q.relation} {describe(anchor_ep)}.",
-                      (EpisodeHit(anchor_ep, 1.0),))  # fmt: skip
+        return Answer(True, f"Nothing is remembered {q.relation} {anchor.describe()}.",
+                      (EpisodeHit(anchor.episode, 1.0),))  # fmt: skip
 
     def _when(
         self, q: Question, k: int, cand: Where, anchor: Ref | None
@@ -176,13 +257,14 @@ class Reasoner:
         return refs(self.store, where, order="asc", limit=MAX_EVIDENCE), count(self.store, where)
 
     def _what(
-        self, q: Question, k: int, cand: Where, anchor: Ref | None, scores: dict[int, float]
+        self, q: Question, k: int, cand: Where, anchor: Anchor | None, scores: dict[int, float]
     ) -> tuple[list[Episode], dict[int, float], int]:
         """Episodes for "what happened ...": nearest the anchor, most similar, most relevant to
         the words, in the time window, or the most recent."""
-        if anchor is not None:
+        if anchor is not None:  # an episode continuing the previous one's sound is not listed
             order = "asc" if q.relation == "after" else "desc"
-            return self._episodes(refs(self.store, cand, order=order, limit=k)), {}, 0
+            where = cand.copy().add(STARTS_HERE)
+            return self._episodes(refs(self.store, where, order=order, limit=k)), {}, 0
         if scores:
             ids = [r.episode_id for r in refs(self.store, cand, limit=len(scores))]
             ranked = sorted(ids, key=lambda i: (-scores[i], i))

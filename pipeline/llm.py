@@ -47,7 +47,8 @@ def _utc(t: float) -> str:
 
 
 def evidence_lines(answer: Answer, limit: int) -> list[str]:
-    """One line per evidence episode: id, source, span, wall time, labels, sounds, objects."""
+    """One line per evidence item: episode id (or a sound heard but not captured), source, span,
+    wall time, labels, sounds, objects."""
     lines = []
     for hit in answer.evidence[:limit]:
         ep = hit.episode
@@ -55,8 +56,9 @@ def evidence_lines(answer: Answer, limit: int) -> list[str]:
         objects = ", ".join(f"{o.label or 'object'}#{o.track_id} {format_time(o.t_first)}–"
                             f"{format_time(o.t_last)}" for o in ep.objects) or "none"  # fmt: skip
         wall = f"; wall time {_utc(ep.wall_start)}" if ep.wall_start is not None else ""
+        tag = f"[episode {ep.episode_id}]" if ep.episode_id is not None else "[heard, not captured]"
         lines.append(
-            f"[episode {ep.episode_id}] source {ep.source}; {format_time(ep.t_start)}–"
+            f"{tag} source {ep.source}; {format_time(ep.t_start)}–"
             f"{format_time(ep.t_end)}{wall}; labels {', '.join(ep.labels) or 'none'}; "
             f"sounds {sounds}; objects {objects}"
         )
@@ -78,7 +80,7 @@ def _allowed_times(eps: list[Episode]) -> set[str]:
 def grounded(text: str, answer: Answer, limit: int) -> bool:
     """Does ``text`` cite only evidence episodes and state only times read from them?"""
     eps = [h.episode for h in answer.evidence[:limit]]
-    ids = {int(ep.episode_id or 0) for ep in eps}
+    ids = {int(ep.episode_id) for ep in eps if ep.episode_id is not None}  # not sound-only items
     if any(int(i) not in ids for i in _EPISODE.findall(text)):
         return False
     allowed = _allowed_times(eps)

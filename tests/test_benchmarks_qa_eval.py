@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks.qa_eval import NOUN, VERB, questions, score
+from benchmarks.qa_eval import NOUN, VERB, diagnose, in_memory, questions, score
 from benchmarks.soundscapes import Soundscape, TruthEvent
 from memory.questions import parse_question
 from memory.retrieval import concept
@@ -74,6 +74,23 @@ def test_scoring() -> None:
     stated = Answer(True, "glass_breaking at 0:20.4 (episode 3: 0:19.0–0:22.0 on s)",
                     (EpisodeHit(ep("glass_breaking", 25.0, 3), 1.0),))  # fmt: skip
     assert score(qs[("last", "glass_breaking")], stated, set())["correct"]  # the sentence's time
+
+
+def test_memory_attribution_and_diagnosis() -> None:
+    from memory.reader import LoggedSound
+
+    q = next(q for q in questions(SC) if (q["type"], q["label"]) == ("when", "glass_breaking"))
+    eps = [ep("glass_breaking", 5.4, 1), ep("clapping", 20.0, 2)]  # the second glass was missed
+    heard = [LoggedSound(1, "s", SoundRecord("glass_breaking", 0.9, 5.4, 6.0)),
+             LoggedSound(2, "s", SoundRecord("glass_breaking", 0.9, 20.5, 21.0)),
+             LoggedSound(3, "s", SoundRecord("glass_breaking", 0.5, 40.0, 41.0))]  # fmt: skip
+    got = in_memory(q, SC, eps, heard)
+    assert got == {"events": 2, "in_episodes": 1, "in_sound_log": 2, "spurious_sounds": 1}
+    row = {**score(q, Answer(False, "Nothing in memory matches 'x'.", ()), set()), "scenario": "a.mp4",
+           "memory": got}  # fmt: skip
+    text = diagnose({"questions": [row]})
+    assert text.startswith("BAD a.mp4") and "eps 1/2 log 2/2 spur 1" in text and "[5.0, 20.0]" in text
+    assert diagnose({"questions": [{**row, "correct": True}]}) == ""
 
 
 @pytest.mark.slow

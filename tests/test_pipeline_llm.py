@@ -119,3 +119,15 @@ def test_unreachable_endpoint_falls_back(store_dir):
     eidetic = app(store_dir, "http://127.0.0.1:9/v1")
     assert eidetic.query("when did the glass break?").answer.startswith("glass_breaking at 0:10.2")
     assert eidetic.llm.outcomes == {"error": 1}
+
+
+def test_sound_only_evidence_cannot_be_cited_as_an_episode():
+    from memory.types import Answer, EpisodeHit
+    from pipeline.llm import evidence_lines, grounded
+
+    heard = Episode(source="/m/a.mp4", t_start=30.0, t_end=30.6, labels=("dog",), summary="heard dog",
+                    sounds=(SoundRecord("dog", 0.8, 30.0, 30.6),))  # fmt: skip
+    answer = Answer(True, "dog at 0:30.0 (heard on a.mp4, not captured).", (EpisodeHit(heard, 0.8),))
+    assert evidence_lines(answer, 5)[0].startswith("[heard, not captured] source /m/a.mp4; 0:30.0")
+    assert grounded("The dog barked at 0:30.0.", answer, 5)
+    assert not grounded("The dog barked at 0:30.0 [episode 0].", answer, 5)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from memory.store import EpisodeStore
+from memory.types import SoundRecord
 from tests.conftest import IN_CI
 from tests.test_pipeline_serve import build_store, make_episode, start, stop
 
@@ -81,6 +82,19 @@ def test_page_load_query_open_forget(tmp_path, browser):
         wait.until(lambda d: "glass_breaking" in d.find_element(By.ID, "answer").text)
         cards = browser.find_elements(By.CSS_SELECTOR, "#evidence .ep")
         assert [c.get_attribute("data-episode") for c in cards] == ["2"]
+        # a sound heard but not captured (audio event log only): shown, with no episode to open
+        with EpisodeStore(root) as st:
+            st.add_sounds("/media/demo.mp4", [SoundRecord("dog", 0.8, 40.0, 41.0)])
+        box.clear()
+        box.send_keys("when did the dog bark?")
+        browser.find_element(By.ID, "ask-button").click()
+        wait.until(lambda d: "not captured" in d.find_element(By.ID, "answer").text)
+        assert "dog" in browser.find_element(By.CSS_SELECTOR, "#evidence .heard").text
+        box.clear()
+        box.send_keys("when did the glass break?")
+        browser.find_element(By.ID, "ask-button").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#evidence .ep[data-episode="2"]'))
+        cards = browser.find_elements(By.CSS_SELECTOR, "#evidence .ep")
         # open the episode: keyframe loaded, object box drawn over it, sounds listed
         cards[0].click()
         wait.until(EC.visibility_of_element_located((By.ID, "episode")))

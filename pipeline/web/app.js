@@ -74,6 +74,11 @@ function card(e, score) {
   return c;
 }
 
+function heardCard(e) {
+  return el("div", {class: "ep heard"}, el("div", {class: "meta"}, `heard · ${when(e)} · score ${e.score.toFixed(2)}`),
+            el("div", {class: "meta"}, shortSource(e.source)), chips(e));
+}
+
 async function ask(ev) {
   ev.preventDefault();
   const out = $("answer"), evd = $("evidence");
@@ -82,7 +87,8 @@ async function ask(ev) {
     const r = await api("/v1/query", {method: "POST", body: JSON.stringify({text: $("q").value})});
     out.className = r.answered ? "yes" : "no";
     out.textContent = r.answer;
-    r.evidence.forEach((e) => evd.append(card(e, e.score)));
+    // a sound heard but not captured (episode_id null) has no episode to open
+    r.evidence.forEach((e) => evd.append(e.episode_id != null ? card(e, e.score) : heardCard(e)));
   } catch (e) { out.className = "err"; out.textContent = e.message; }
 }
 
