@@ -282,11 +282,26 @@ class FaissIndex:
             D, I = self.index.search(xq, int(k), params=params)
         return D, I
 
+    def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors of those ``ids`` that are in the index: ``(ids int64[m],
+        x float32[m, dim])`` (IVF: builds its direct map on first use, 8 bytes per vector)."""
+        ids = _as_ids(ids)
+        ids = ids[np.fromiter((i in self._idset._ids for i in ids.tolist()), bool, ids.size)]
+        if ids.size == 0:
+            return ids, np.zeros((0, self.dim), np.float32)
+        ivf = self.ivf
+        if ivf is not None and ivf.direct_map.type == 0:  # NoMap
+            ivf.make_direct_map()
+        return ids, self.index.reconstruct_batch(ids)
+
     def remove(self, ids: np.ndarray) -> int:
         """Remove ``ids`` (absent ids are ignored); returns how many vectors were removed."""
         ids = _as_ids(ids)
         if ids.size == 0:
             return 0
+        ivf = self.ivf
+        if ivf is not None and ivf.direct_map.type != 0:
+            ivf.set_direct_map_type(0)  # an array direct map cannot remove
         n = int(self.index.remove_ids(ids))
         self._idset.discard(ids)
         return n

@@ -86,6 +86,19 @@ def ensure_reserve(root: Path, nbytes: int) -> None:
         logger.warning("cannot create the disk-full reserve %s: %s", path, e)
 
 
+def ensure_span_hint(conn: sqlite3.Connection) -> None:
+    """Record the longest episode (meta ``max_span_s``) and create the filter indexes if a
+    store (written by an earlier build of schema v2) lacks them."""
+    from memory.schema import ENSURE
+
+    for stmt in ENSURE:
+        conn.execute(stmt)
+    if get_meta(conn, "max_span_s") is None:
+        span = conn.execute("SELECT MAX(t_end - t_start) FROM episodes").fetchone()[0]
+        if span is not None:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('max_span_s', ?)", (str(span),))
+
+
 def acquire_writer_lock(root: Path) -> WriterLock:
     """Take the store's writer lock or raise ``StoreLocked``."""
     return WriterLock(root)

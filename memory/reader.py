@@ -15,7 +15,7 @@ import numpy as np
 
 from memory.errors import EpisodeNotFound, ParameterError
 from memory.indexes import IndexSet, check_modality
-from memory.schema import FTS_WEIGHTS, blob_vector, row_episode
+from memory.schema import FTS_WEIGHTS, blob_vector, get_meta, row_episode
 from memory.text import fts_expression, tokenize
 from memory.types import Episode, ObjectIdentity, Sighting, SoundRecord
 
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 OVERFETCH = 4  # search_vectors fetches k * OVERFETCH neighbours (then x4 ...) before SQL filters
 PREFILTER_MAX = 50_000  # narrow filters passing at most this many episodes are searched exactly
 BROAD_FILTER = 0.05  # a filter passed by this fraction of the nearest hits is applied after
+MAX_FETCH = 4096  # post-filtering asks FAISS for at most this many neighbours, then more lists
 BM25 = f"bm25(episodes_fts, {', '.join(map(str, FTS_WEIGHTS))})"
 
 
@@ -45,11 +46,13 @@ def where_sql(
     wall_since: float | None = None,
     wall_until: float | None = None,
     labels: Sequence[str] | None = None,
+    max_span: float | None = None,
 ) -> tuple[str, list[Any]]:
     """SQL conditions on the alias ``e`` (episodes) and their parameters.
 
     since/until (media s) and wall_since/wall_until (UTC epoch s) keep the episodes whose span
     overlaps the range (a wall filter drops episodes without ``wall_start``); labels: any of them.
+    ``max_span`` (the longest episode, s) turns "ends after since" into an index range on starts.
     """
     conds, params = ["1"], []
     for cond, value in (
@@ -62,6 +65,11 @@ def where_sql(
         if value is not None:
             conds.append(cond)
             params.append(value)
+    if max_span is not None:  # redundant bounds that let SQLite use the start-time indexes
+        for cond, value in (("e.t_start >= ?", since), ("e.wall_start >= ?", wall_since)):
+            if value is not None:
+                conds.append(cond)
+                params.append(value - max_span)
     if labels:
         conds.append("EXISTS (SELECT 1 FROM json_each(e.labels) WHERE value IN "
                      "(SELECT value FROM json_each(?)))")  # fmt: skip
@@ -258,7 +266,7 @@ class StoreReader:
         Without filters (or with a broad one) FAISS is asked for ``k * OVERFETCH`` neighbours,
         then more, until ``k`` exist in SQLite and pass the filters. A narrow filter (fewer than
         ``BROAD_FILTER`` of the nearest neighbours pass it) passing at most ``PREFILTER_MAX``
-        episodes is applied first: exact search among them (faiss ID selector).
+        episodes is applied first: exact search among their stored vectors.
 
         Parameters
         ----------
@@ -282,13 +290,15 @@ class StoreReader:
         check_modality(modality)
         if int(k) < 1:
             raise ParameterError(f"k must be >= 1, got {k!r}")
-        where = where_sql(source=source, since=since, until=until,
-                          wall_since=wall_since, wall_until=wall_until, labels=labels)  # fmt: skip
         xq = np.asarray(x, dtype=np.float32).reshape(1, -1)
         with self._lock:
             index = self._ix.get(modality)
             if index is None or index.ntotal == 0:
                 return []
+            span = get_meta(self._conn, "max_span_s")
+            where = where_sql(source=source, since=since, until=until, wall_since=wall_since,
+                              wall_until=wall_until, labels=labels,
+                              max_span=None if span is None else float(span))  # fmt: skip
             if where[0] == "1":
                 return self._search_post_filtered(index, xq, int(k), where, int(k) * OVERFETCH)
             # probe: how many of the nearest neighbours pass the filter?
@@ -321,14 +331,25 @@ class StoreReader:
     def _search_post_filtered(
         self, index: Any, xq: np.ndarray, k: int, where: tuple[str, list[Any]], fetch: int
     ) -> list[tuple[int, float]]:
-        """FAISS first, then SQLite keeps the hits that exist and pass ``where``; fetches
-        ``OVERFETCH`` times more until ``k`` pass (deleted vectors still in an index drop out)."""
+        """FAISS first, then SQLite keeps the hits that exist and pass ``where``; asks for
+        ``OVERFETCH`` times more neighbours (at most ``MAX_FETCH``), or visits more IVF lists
+        when those ran dry, until ``k`` pass (deleted vectors still in an index drop out)."""
+        ivf = index.ivf
+        nprobe = None if ivf is None else int(ivf.nprobe)
         while True:
-            fetch = min(fetch, index.ntotal)
-            hits, _ = self._probe(index, xq, where, fetch)
-            if len(hits) >= k or fetch >= index.ntotal:
+            fetch = min(fetch, index.ntotal, MAX_FETCH)
+            D, I = index.search(xq, fetch, nprobe=nprobe)
+            found = [(int(i), float(d)) for i, d in zip(I[0], D[0]) if i >= 0]
+            allowed = self._filter_ids([i for i, _ in found], where)
+            hits = [(i, d) for i, d in found if i in allowed]
+            if len(hits) >= k:
                 return hits[:k]
-            fetch *= OVERFETCH
+            if ivf is not None and nprobe < ivf.nlist and (len(found) < fetch or fetch == MAX_FETCH):
+                nprobe = min(int(ivf.nlist), nprobe * OVERFETCH)  # the lists visited ran dry
+            elif fetch < min(index.ntotal, MAX_FETCH):
+                fetch *= OVERFETCH
+            else:
+                return hits
 
     def _allowed_ids(self, where: tuple[str, list[Any]]) -> np.ndarray | None:
         """The ids passing a filter when there are at most ``PREFILTER_MAX`` (else None: a broad
@@ -342,13 +363,13 @@ class StoreReader:
 
     @staticmethod
     def _search_among(index: Any, xq: np.ndarray, k: int, allowed: np.ndarray) -> list[tuple[int, float]]:
-        """Exact search restricted to ``allowed`` ids (an ID selector; every IVF list visited)."""
-        if allowed.size == 0:
+        """Exact search among the ``allowed`` ids: their stored vectors, scored directly."""
+        ids, x = index.vectors(allowed)
+        if ids.size == 0:
             return []
-        ivf = index.ivf
-        D, I = index.search(xq, min(k, allowed.size), allowed=allowed,
-                            nprobe=None if ivf is None else ivf.nlist)  # fmt: skip
-        return [(int(i), float(d)) for i, d in zip(I[0], D[0]) if i >= 0]
+        scores = x @ xq[0]
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(int(ids[i]), float(scores[i])) for i in top]
 
     def _filter_ids(self, ids: list[int], where: tuple[str, list[Any]]) -> set[int]:
         """The ids that exist in SQLite and pass ``where`` (from :func:`where_sql`)."""

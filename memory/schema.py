@@ -113,6 +113,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         # forgotten episodes whose files are not deleted yet (done after the commit, and again
         # by the next writer if it was killed in between)
         "CREATE TABLE IF NOT EXISTS trash (episode_id INTEGER PRIMARY KEY)",
+        *(ENSURE := (
+            # covering indexes for time/source filters (no table lookups for the span)
+            "CREATE INDEX IF NOT EXISTS episodes_source_span ON episodes (source, t_start, t_end)",
+            "CREATE INDEX IF NOT EXISTS episodes_span ON episodes (t_start, t_end)",
+        )),
     ),
 }
 FTS_WEIGHTS = (1.0, 4.0, 0.5)  # bm25 column weights: summary, labels, source
@@ -191,6 +196,9 @@ def migrate(conn: sqlite3.Connection, version: int) -> int:
                 conn.execute(stmt)
             if version == 1:
                 _backfill_bytes(conn)
+                span = conn.execute("SELECT MAX(t_end - t_start) FROM episodes").fetchone()[0]
+                if span is not None:
+                    set_meta(conn, "max_span_s", span)
             version += 1
             set_meta(conn, "schema_version", version)
     if start != 1 or has_episodes(conn):

@@ -126,6 +126,7 @@ class EpisodeStore(StoreReader):
             if not readonly:
                 self._next_id = self._load_next_id()
                 maintenance.remove_orphans(self)
+                maintenance.ensure_span_hint(self._conn)
                 self._ix.open()
                 maintenance.ensure_reserve(self.path, self.reserve_bytes)
         except BaseException:
@@ -342,6 +343,9 @@ class EpisodeStore(StoreReader):
                 set_meta(c, f"gen:{modality}", gen)
             if written:
                 set_meta(c, "next_episode_id", written[-1][0].episode_id + 1)  # type: ignore[operator]
+                span = max(ep.t_end - ep.t_start for ep, _ in written)
+                if span > float(get_meta(c, "max_span_s", "0") or 0):
+                    set_meta(c, "max_span_s", span)  # the longest episode (bounds range scans)
         return gens
 
     def _redundancy(self, ep: Episode) -> float:
