@@ -59,6 +59,10 @@ class IngestConfig(_Section):
     parallel: int | None = Field(
         None, ge=1, le=256, description="Files ingested at once (empty: the number of CPUs Ray has)."
     )
+    perception_actors: int | None = Field(
+        None, ge=1, le=64, description="Perception actors per file: its capture windows are "
+        "segmented and tracked this many at a time (empty: the number of CPUs Ray has).",
+    )
     fast_decode: bool = Field(
         True, description="When sampling capture windows, skip H.264's deblocking filter and "
         "unreferenced frames (~1.5x faster, frames within ~45 dB PSNR); every_frame never does.",

@@ -159,33 +159,38 @@ class IngestActor:
 
     def _video_pass(self, shard: int, windows: list[CaptureWindow], sounds: list, perception) -> None:
         """Decode the shard's windows in one pass (GOP-aware seeks) and feed each window's frames
-        between its perception begin/end; every stored window is journaled."""
+        between its perception begin/end; every stored window is journaled. ``perception`` is one
+        actor or a list of them: windows are dealt round-robin, so they are perceived in parallel
+        while decoding goes on (each actor's calls run in order, one window at a time)."""
         self.stage = "video"
         todo = [(i, w) for i, w in enumerate(windows) if not self.journal.has(self.key, "window", shard=shard, item=i)]
-        in_flight = InFlight(self.cfg.ray.max_in_flight)
+        actors = list(perception) if isinstance(perception, (list, tuple)) else [perception]
+        flights = [InFlight(self.cfg.ray.max_in_flight) for _ in actors]
         counter = self.log
         packets = self._packets([w for _, w in todo], counter)
         packet = next(packets, None)
         ends: list = []  # (window index, ref of its perception end), in order
-        for i, window in todo:
+        for n, (i, window) in enumerate(todo):
             if self.stopping:
                 break
+            actor, in_flight = actors[n % len(actors)], flights[n % len(actors)]
             inside = [s for s in sounds if s.t_end >= window.t_start and s.t_start <= window.t_end]
-            in_flight.add(perception.begin.remote(window, self.info.source, inside))
+            in_flight.add(actor.begin.remote(window, self.info.source, inside))
             pending_triggers = sorted(s.t_start for s in inside)
             while packet is not None and packet.t <= window.t_end:
                 if packet.t >= window.t_start:
                     force = bool(pending_triggers) and packet.t >= pending_triggers[0]
                     while pending_triggers and packet.t >= pending_triggers[0]:
                         pending_triggers.pop(0)
-                    in_flight.add(perception.step.remote(self.info.source, packet, force))
+                    in_flight.add(actor.step.remote(self.info.source, packet, force))
                     self.report["frames_processed"] += 1
                 self.done = max(self.done, packet.t)
                 packet = next(packets, None)
-            in_flight.drain()
-            ends.append((i, perception.end.remote(self.info.source, window)))  # decoding goes on
+            ends.append((i, actor.end.remote(self.info.source, window)))  # decoding goes on
             self._settle(shard, ends, block=False)
             self.report["frames_decoded"] = counter.decoded
+        for in_flight in flights:
+            in_flight.drain()  # a failed begin/step re-raises here
         self._settle(shard, ends, block=True)
 
     def _settle(self, shard: int, ends: list, *, block: bool) -> None:

@@ -24,7 +24,10 @@ def to_sound_records(events: list) -> list:
 
 @ray.remote(num_cpus=0)
 class MemoryActor:
-    """Owns :class:`memory.store.EpisodeStore`; one :class:`EpisodeBuilder` per open source."""
+    """Owns :class:`memory.store.EpisodeStore`; one :class:`EpisodeBuilder` per open episode.
+
+    An open episode is keyed by ``slot`` (default: its source), so several perception actors can
+    build episodes of one source at once (a file's capture windows in parallel)."""
 
     def __init__(self, store_path: str, cfg: MemoryConfig, retention: RetentionConfig | None = None) -> None:
         from memory.store import EpisodeStore
@@ -43,7 +46,9 @@ class MemoryActor:
         self.store.add_sounds(source, to_sound_records(events))
         return len(events)
 
-    def begin(self, source: str, window: CaptureWindow, events: list, wall_start: float | None) -> None:
+    def begin(
+        self, source: str, window: CaptureWindow, events: list, wall_start: float | None, slot=None
+    ) -> None:
         from memory.episodes import EpisodeBuilder
 
         builder = EpisodeBuilder(source, keyframes_per_episode=self.cfg.keyframes_per_episode, embedder=self.embedder)
@@ -55,18 +60,20 @@ class MemoryActor:
             wall_start=wall_start,
             audio_embeddings=np.stack(embeddings) if embeddings else None,
         )
-        self.builders[source] = builder
-        self.windows[source] = window
+        key = source if slot is None else slot
+        self.builders[key] = builder
+        self.windows[key] = window
 
-    def add(self, source: str, perception, image: np.ndarray | None = None) -> None:
-        builder = self.builders[source]
+    def add(self, source: str, perception, image: np.ndarray | None = None, slot=None) -> None:
+        builder = self.builders[source if slot is None else slot]
         builder.add(perception)
         if image is not None:
             builder.add_frame(image, perception.t, perception.frame_idx)
 
-    def end(self, source: str, t_end: float) -> int | None:
-        builder = self.builders.pop(source)
-        window = self.windows.pop(source, None)
+    def end(self, source: str, t_end: float, slot=None) -> int | None:
+        key = source if slot is None else slot
+        builder = self.builders.pop(key)
+        window = self.windows.pop(key, None)
         episode, images = builder.end(t_end)
         if self.cfg.clips and window is not None:
             from pipeline.clips import clip_for_store

@@ -29,6 +29,7 @@ class PerceptionActor:
         self.segmenter = build_segmenter(cfg)
         self.embedder = registry.create(registry.EMBEDDERS, "classical")
         self.tracker = None
+        self.slot = None  # the open episode's key in the MemoryActor
         self.in_flight = InFlight(max_in_flight)
         self.frames = 0
         self.latency = Latency()
@@ -48,22 +49,23 @@ class PerceptionActor:
             max_lost=self.cfg.max_objects,
             **refinement_kwargs(self.cfg, self.segmenter),
         )
-        self.in_flight.add(self.memory.begin.remote(source, window, sounds, wall_start))
+        self.slot = (source, window.stream_id, window.t_start)  # unique per open window
+        self.in_flight.add(self.memory.begin.remote(source, window, sounds, wall_start, self.slot))
 
     def step(self, source: str, packet: FramePacket, force_keyframe: bool = False) -> None:
         t0 = time.perf_counter()
         perception = self.tracker.step(
             packet.image, packet.t, frame_idx=packet.frame_idx, force_keyframe=force_keyframe
         )
-        self.in_flight.add(self.memory.add.remote(source, perception, packet.image))
+        self.in_flight.add(self.memory.add.remote(source, perception, packet.image, self.slot))
         self.frames += 1
         self.latency.time(t0)
 
     def end(self, source: str, window: CaptureWindow) -> int | None:
         """Close the window's episode; returns its episode id (None if it was dropped)."""
         self.in_flight.drain()
-        self.tracker = None
-        return ray.get(self.memory.end.remote(source, window.t_end))
+        self.tracker, slot, self.slot = None, self.slot, None
+        return ray.get(self.memory.end.remote(source, window.t_end, slot))
 
     def stats(self) -> dict:
         return {
