@@ -474,6 +474,8 @@ class EpisodeStore(StoreReader):
             for modality, gen in gens.items():
                 gone = np.array([r[0] for r in vecs if r[1] == modality], dtype=np.int64)
                 self._ix.remove(modality, gone, gen)
+            if (cat := getattr(self, "_cat", None)) is not None:
+                cat.mark_dead(found)
             maintenance.empty_trash(self)
             if found:
                 logger.info("forgot %d episode(s): %s", len(found), found[:10])
