@@ -266,10 +266,12 @@ class StoreReader:
     ) -> list[tuple[int, float]]:
         """Nearest episodes to an example vector, filtered like :meth:`episodes`.
 
-        Without filters (or with a broad one) FAISS is asked for ``k * OVERFETCH`` neighbours,
-        then more, until ``k`` exist in SQLite and pass the filters. A narrow filter (fewer than
-        ``BROAD_FILTER`` of the nearest neighbours pass it) passing at most ``PREFILTER_MAX``
-        episodes is applied first: exact search among their stored vectors.
+        Without filters FAISS is asked for ``k * OVERFETCH`` neighbours, then more, until ``k``
+        exist in SQLite. Source/time filters select the allowed ids in memory
+        (:meth:`_search_selected`). With a label filter (or an HNSW index) a narrow filter
+        (fewer than ``BROAD_FILTER`` of the nearest neighbours pass it) passing at most
+        ``PREFILTER_MAX`` episodes is applied first: exact search among their stored vectors;
+        a broad one after the search.
 
         Parameters
         ----------
@@ -304,7 +306,8 @@ class StoreReader:
                               max_span=None if span is None else float(span))  # fmt: skip
             if where[0] == "1":
                 return self._search_post_filtered(index, xq, int(k), where, int(k) * OVERFETCH)
-            if not labels:  # time/source: the catalog lists the allowed ids, FAISS searches them
+            if not labels and (index.ivf is not None or index.exact):
+                # time/source: the catalog lists the allowed ids, FAISS searches only those
                 return self._search_selected(index, xq, int(k), where, dict(
                     source=source, since=since, until=until, wall_since=wall_since,
                     wall_until=wall_until))  # fmt: skip

@@ -120,7 +120,8 @@ def test_filtered_search_uses_catalog_and_drops_deleted(tmp_path: Path, small_th
     xb, xq = x[:1300], x[1300:]
     # cam0 re-ingests a file from t = 0 (starts not in id order); cam3 has no wall time
     t = [float(i % 650 if i % 4 == 0 else i) for i in range(len(xb))]
-    eps = [(Episode(source=f"cam{i % 4}", t_start=t[i], t_end=t[i] + 3, labels=("sound",),
+    eps = [(Episode(source=f"cam{i % 4}", t_start=t[i], t_end=t[i] + 3,
+                    labels=("knock",) if i % 3 == 0 else ("sound",),
                     wall_start=None if i % 4 == 3 else 1e9 + i, summary="s", visual=v), [])
            for i, v in enumerate(xb)]  # fmt: skip
     with EpisodeStore(tmp_path / "s") as s:
@@ -143,6 +144,8 @@ def test_filtered_search_uses_catalog_and_drops_deleted(tmp_path: Path, small_th
                 ({"wall_since": 1e9 + 1000}, wall + 3 >= 1e9 + 1000),  # cam3: no wall time
                 ({"source": "cam2", "wall_until": 1e9 + 40}, (src == "cam2") & (wall <= 1e9 + 40)),
                 ({"source": "nowhere"}, np.zeros(len(ids), bool)),
+                ({"source": "cam2", "labels": ["knock"]},  # labels: filtered in SQL
+                 (src == "cam2") & np.array([e.labels == ("knock",) for e in stored])),
             ]  # fmt: skip
             for store in (s, r):
                 for flt, mask in cases:
