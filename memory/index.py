@@ -142,6 +142,42 @@ def id_bitmap(ids: np.ndarray) -> np.ndarray:
     return np.packbits(mask, bitorder="little")
 
 
+class _Positions:
+    """The ids of an ``IDMap2`` in position order, while they ascend (episode ids only grow, and
+    indexes are built and caught up in id order): maps ids to inner positions by bisection, so
+    a selector can test positions directly (2x faster scans than translating every candidate)."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self._buf = np.array(ids, dtype=np.int64)
+        self._n = ids.size
+        self.sorted = bool(np.all(np.diff(ids) > 0))
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    def append(self, ids: np.ndarray) -> None:
+        if self._n + ids.size > self._buf.size:
+            buf = np.zeros(max(1024, 2 * (self._n + ids.size)), np.int64)
+            buf[: self._n] = self.ids
+            self._buf = buf
+        if self.sorted and ids.size:
+            last = self._buf[self._n - 1] if self._n else -1
+            self.sorted = bool(ids[0] > last and np.all(np.diff(ids) > 0))
+        self._buf[self._n : self._n + ids.size] = ids
+        self._n += ids.size
+
+    def of(self, ids: np.ndarray) -> np.ndarray | None:
+        """Positions of those ``ids`` in the index (others dropped); None when not ascending."""
+        if not self.sorted:
+            return None
+        have = self.ids
+        pos = np.searchsorted(have, ids)
+        ok = pos < have.size
+        pos, ids = pos[ok], ids[ok]
+        return pos[have[pos] == ids]
+
+
 class _IdSet:
     """Duplicate-id guard shared by both indexes (IDMap2 would silently accept duplicates)."""
 
@@ -200,6 +236,7 @@ class FaissIndex:
         self.factory = factory
         self.metric: Metric = metric
         self._idset = _IdSet(self.ids())
+        self._positions: _Positions | None = None  # id -> position, for selectors (lazy)
 
     @property
     def ntotal(self) -> int:
@@ -250,6 +287,8 @@ class FaissIndex:
             raise ParameterError(f"index {self.factory!r} needs training; call train(x) first")
         self.index.add_with_ids(x, ids)
         self._idset.add(ids)
+        if self._positions is not None:
+            self._positions.append(ids)
 
     def search(
         self,
@@ -284,10 +323,19 @@ class FaissIndex:
             params = faiss.SearchParametersIVF() if ivf is not None else faiss.SearchParameters()
             if ivf is not None:
                 params.nprobe = int(np.clip(nprobe or ivf.nprobe, 1, ivf.nlist))
+            target = self.index
             if allowed is not None:
-                bitmap = id_bitmap(_as_ids(allowed))  # referenced until the search returns
+                allowed = _as_ids(allowed)
+                if self._positions is None:
+                    self._positions = _Positions(self.ids())
+                pos = self._positions.of(allowed)
+                if pos is not None:  # select inner positions: no id translation per candidate
+                    target, allowed = self.index.index, pos
+                bitmap = id_bitmap(allowed)  # referenced until the search returns
                 params.sel = faiss.IDSelectorBitmap(bitmap.size, faiss.swig_ptr(bitmap))
-            D, I = self.index.search(xq, int(k), params=params)
+            D, I = target.search(xq, int(k), params=params)
+            if target is not self.index:
+                I = np.where(I >= 0, self._positions.ids[np.maximum(I, 0)], -1)
         return D, I
 
     def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -312,6 +360,7 @@ class FaissIndex:
             ivf.set_direct_map_type(0)  # an array direct map cannot remove
         n = int(self.index.remove_ids(ids))
         self._idset.discard(ids)
+        self._positions = None  # positions shift
         return n
 
     def ids(self) -> np.ndarray:
