@@ -27,6 +27,7 @@ METRICS: tuple[str, ...] = ("ip", "l2")
 DEFAULT_FACTORY = "IDMap2,Flat"
 FILE_MODE = 0o644
 PARALLEL_MIN_QUERIES = 16  # fewer queries are searched on one thread
+POSITIONS_RATIO = 4  # allowed ids are mapped to positions when the scan meets 4x as many vectors
 FLAT_MAX = 50_000  # exact (Flat) search below this many vectors; IVF from here on
 IVF_NLIST_MIN, IVF_NLIST_MAX = 256, 8192
 IVF_TRAIN_PER_LIST = 40  # training sample per inverted list (faiss warns below 39)
@@ -326,11 +327,13 @@ class FaissIndex:
             target = self.index
             if allowed is not None:
                 allowed = _as_ids(allowed)
-                if self._positions is None:
-                    self._positions = _Positions(self.ids())
-                pos = self._positions.of(allowed)
-                if pos is not None:  # select inner positions: no id translation per candidate
-                    target, allowed = self.index.index, pos
+                scanned = self.ntotal if ivf is None else self.ntotal * params.nprobe / ivf.nlist
+                if allowed.size * POSITIONS_RATIO <= scanned:  # mapping ids costs less than ...
+                    if self._positions is None:
+                        self._positions = _Positions(self.ids())
+                    pos = self._positions.of(allowed)
+                    if pos is not None:  # ... translating every candidate the scan meets
+                        target, allowed = self.index.index, pos
                 bitmap = id_bitmap(allowed)  # referenced until the search returns
                 params.sel = faiss.IDSelectorBitmap(bitmap.size, faiss.swig_ptr(bitmap))
             D, I = target.search(xq, int(k), params=params)
