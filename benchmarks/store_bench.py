@@ -16,7 +16,8 @@ For each size N, a new store (``EpisodeStore`` defaults: ``synchronous=FULL``, `
   of a read-only store opened after the writer closed, k=10, one thread, ``--repeats`` passes:
   p50/p99 latency (ms) and recall@10 against exact search (numpy over all N vectors), without a
   filter, with a source filter (1 of 10 sources, ~10 % of episodes) and with source + time
-  filter (~1 %).
+  filter (~1 %). Untimed warm-ups first: one search loads the index file (``open_s``), one
+  filtered search loads the filter catalog (``catalog_s``, memory/catalog.py).
 - **bytes/episode**: the store directory's size / N (SQLite with vectors and FTS, index files).
 
 Vectors: 256-d, L2-normalised, clustered (not uniform noise): 1,000 centres, each with 10
@@ -211,6 +212,9 @@ def queries(store_dir: Path, data: Data, n: int, nq: int, repeats: int) -> dict[
     with EpisodeStore(store_dir, readonly=True) as store:
         store.search_vectors("visual", xq[0], k=K)  # loads the index file
         open_s = time.perf_counter() - t_open
+        t_cat = time.perf_counter()
+        store.search_vectors("visual", xq[0], k=K, source=source_of(0))  # loads the catalog
+        catalog_s = time.perf_counter() - t_cat
         for name, (kwargs, masks) in cases.items():
             truth = [ids[exact_topk(xb, xq[i : i + 1], K, masks[i])[0]].tolist() for i in range(nq)]
             p50s, p99s, recalls = [], [], []
@@ -222,7 +226,7 @@ def queries(store_dir: Path, data: Data, n: int, nq: int, repeats: int) -> dict[
                                               for g, tr in zip(got, truth)])))  # fmt: skip
             out[name] = {"p50_ms": _spread(p50s), "p99_ms": _spread(p99s),
                          "recall_at_10": float(np.median(recalls))}  # fmt: skip
-    return {"open_s": open_s, "search": out}
+    return {"open_s": open_s, "catalog_s": catalog_s, "search": out}
 
 
 def _spread(values: list[float]) -> dict[str, float]:

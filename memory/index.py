@@ -27,6 +27,7 @@ METRICS: tuple[str, ...] = ("ip", "l2")
 DEFAULT_FACTORY = "IDMap2,Flat"
 FILE_MODE = 0o644
 PARALLEL_MIN_QUERIES = 16  # fewer queries are searched on one thread
+POSITIONS_RATIO = 4  # allowed ids are mapped to positions when the scan meets 4x as many vectors
 FLAT_MAX = 50_000  # exact (Flat) search below this many vectors; IVF from here on
 IVF_NLIST_MIN, IVF_NLIST_MAX = 256, 8192
 IVF_TRAIN_PER_LIST = 40  # training sample per inverted list (faiss warns below 39)
@@ -133,6 +134,51 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def id_bitmap(ids: np.ndarray) -> np.ndarray:
+    """``uint8`` bitmap of ``ids`` (bit ``i % 8`` of byte ``i // 8``), as faiss.IDSelectorBitmap
+    reads it: one bit test per candidate, built in about a millisecond for 10⁶ ids."""
+    top = int(ids.max()) + 1 if ids.size else 1
+    mask = np.zeros(top, dtype=bool)
+    mask[ids] = True
+    return np.packbits(mask, bitorder="little")
+
+
+class _Positions:
+    """The ids of an ``IDMap2`` in position order, while they ascend (episode ids only grow, and
+    indexes are built and caught up in id order): maps ids to inner positions by bisection, so
+    a selector can test positions directly (2x faster scans than translating every candidate)."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self._buf = np.array(ids, dtype=np.int64)
+        self._n = ids.size
+        self.sorted = bool(np.all(np.diff(ids) > 0))
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    def append(self, ids: np.ndarray) -> None:
+        if self._n + ids.size > self._buf.size:
+            buf = np.zeros(max(1024, 2 * (self._n + ids.size)), np.int64)
+            buf[: self._n] = self.ids
+            self._buf = buf
+        if self.sorted and ids.size:
+            last = self._buf[self._n - 1] if self._n else -1
+            self.sorted = bool(ids[0] > last and np.all(np.diff(ids) > 0))
+        self._buf[self._n : self._n + ids.size] = ids
+        self._n += ids.size
+
+    def of(self, ids: np.ndarray) -> np.ndarray | None:
+        """Positions of those ``ids`` in the index (others dropped); None when not ascending."""
+        if not self.sorted:
+            return None
+        have = self.ids
+        pos = np.searchsorted(have, ids)
+        ok = pos < have.size
+        pos, ids = pos[ok], ids[ok]
+        return pos[have[pos] == ids]
+
+
 class _IdSet:
     """Duplicate-id guard shared by both indexes (IDMap2 would silently accept duplicates)."""
 
@@ -191,6 +237,7 @@ class FaissIndex:
         self.factory = factory
         self.metric: Metric = metric
         self._idset = _IdSet(self.ids())
+        self._positions: _Positions | None = None  # id -> position, for selectors (lazy)
 
     @property
     def ntotal(self) -> int:
@@ -241,6 +288,8 @@ class FaissIndex:
             raise ParameterError(f"index {self.factory!r} needs training; call train(x) first")
         self.index.add_with_ids(x, ids)
         self._idset.add(ids)
+        if self._positions is not None:
+            self._positions.append(ids)
 
     def search(
         self,
@@ -275,11 +324,21 @@ class FaissIndex:
             params = faiss.SearchParametersIVF() if ivf is not None else faiss.SearchParameters()
             if ivf is not None:
                 params.nprobe = int(np.clip(nprobe or ivf.nprobe, 1, ivf.nlist))
+            target = self.index
             if allowed is not None:
-                sel_ids = _as_ids(allowed)
-                sel = faiss.IDSelectorBatch(sel_ids.size, faiss.swig_ptr(sel_ids))
-                params.sel = sel
-            D, I = self.index.search(xq, int(k), params=params)
+                allowed = _as_ids(allowed)
+                scanned = self.ntotal if ivf is None else self.ntotal * params.nprobe / ivf.nlist
+                if allowed.size * POSITIONS_RATIO <= scanned:  # mapping ids costs less than ...
+                    if self._positions is None:
+                        self._positions = _Positions(self.ids())
+                    pos = self._positions.of(allowed)
+                    if pos is not None:  # ... translating every candidate the scan meets
+                        target, allowed = self.index.index, pos
+                bitmap = id_bitmap(allowed)  # referenced until the search returns
+                params.sel = faiss.IDSelectorBitmap(bitmap.size, faiss.swig_ptr(bitmap))
+            D, I = target.search(xq, int(k), params=params)
+            if target is not self.index:
+                I = np.where(I >= 0, self._positions.ids[np.maximum(I, 0)], -1)
         return D, I
 
     def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -304,6 +363,7 @@ class FaissIndex:
             ivf.set_direct_map_type(0)  # an array direct map cannot remove
         n = int(self.index.remove_ids(ids))
         self._idset.discard(ids)
+        self._positions = None  # positions shift
         return n
 
     def ids(self) -> np.ndarray:

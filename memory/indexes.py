@@ -12,7 +12,8 @@ blindly:
   ``COMPACT_FRACTION``.
 - The index type follows the size (:func:`memory.index.choose_factory`): exact Flat below
   ``FLAT_MAX`` vectors, then IVF, retrained when it has grown ``GROW_FACTOR`` times; its
-  ``nprobe`` is tuned at build time to reach ``TUNE_RECALL`` on the store's own vectors.
+  ``nprobe`` is tuned at build time to reach ``TUNE_RECALL`` on the store's own vectors, then
+  doubled (``TUNE_MARGIN``) as a safety margin for queries unlike the stored vectors.
 - Files are written atomically (temp + fsync + rename) when enough changed or enough time passed,
   and on close; ``<modality>.faiss.json`` beside each file records what it holds (a hint: a file
   whose hint does not match is described from its own ids).
@@ -46,10 +47,13 @@ READ_BATCH = 50_000  # vectors read from SQLite per query while building
 SAVE_MIN_CHANGES = 256  # a file is rewritten after this many changes (and SAVE_FRACTION) ...
 SAVE_FRACTION = 0.2  # ... of its size, or after SAVE_INTERVAL_S with any change, and on close
 SAVE_INTERVAL_S = 30.0
+SAVE_COST_FACTOR = 20  # ... but waits 20x the last save's duration (saving <= 5 % of the time)
 GROW_FACTOR = 4  # an IVF index is rebuilt (retrained) when it holds 4x its build size
 COMPACT_FRACTION = 0.1  # IVF/HNSW: rebuild when this fraction of its vectors is deleted
+BACKGROUND_MIN = 100_000  # a writer rebuilds an index this large in a thread, adding meanwhile
 TUNE_QUERIES = 200  # nprobe tuning: the store's own vectors as queries ...
-TUNE_RECALL = 0.97  # ... the smallest nprobe reaching this recall@10 (neighbours 2-11) wins
+TUNE_RECALL = 0.97  # ... the smallest nprobe reaching this recall@10 (neighbours 2-11) wins,
+TUNE_MARGIN = 2  # ... times this: fresh queries scored up to 3 points below (store_bench, 10⁵)
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048)
 
 
@@ -71,10 +75,12 @@ class IndexState:
     ntotal: int = 0
     changes: int = 0  # adds and removes since the file was saved
     saved_at: float = field(default_factory=time.monotonic)
+    save_s: float = 0.0  # how long the last save took
+    dead: int = 0  # writer: vectors in the index that SQLite deleted (kept until a rebuild)
 
     def hint(self) -> dict[str, Any]:
         d = asdict(self)
-        del d["changes"], d["saved_at"]
+        del d["changes"], d["saved_at"], d["save_s"], d["dead"]
         return d
 
 
@@ -109,6 +115,7 @@ class IndexSet:
         self.factory = factory
         self._indexes: dict[str, FaissIndex] = {}
         self._states: dict[str, IndexState] = {}
+        self._building: dict[str, tuple[threading.Thread, dict[str, Any]]] = {}
 
     # --- SQLite side ------------------------------------------------------------------------
 
@@ -246,8 +253,10 @@ class IndexSet:
             self.hint_path(modality).unlink(missing_ok=True)
             self._indexes.pop(modality, None)
         else:
+            t0 = time.perf_counter()
             index.save(self.path(modality))
             state = self._states.setdefault(modality, IndexState())
+            state.save_s = time.perf_counter() - t0
             state.ntotal, state.nprobe = index.ntotal, index.nprobe
             tmp = self.hint_path(modality).with_suffix(".json.tmp")
             tmp.write_text(json.dumps(state.hint()) + "\n")
@@ -273,7 +282,8 @@ class IndexSet:
             return
         n = state.ntotal
         due = state.changes >= max(SAVE_MIN_CHANGES, SAVE_FRACTION * n)
-        if due or time.monotonic() - state.saved_at >= SAVE_INTERVAL_S:
+        wait = max(SAVE_INTERVAL_S, SAVE_COST_FACTOR * state.save_s)
+        if due or time.monotonic() - state.saved_at >= wait:
             self._save_quietly(modality)
 
     def _save_quietly(self, modality: str) -> None:
@@ -286,8 +296,10 @@ class IndexSet:
             )
 
     def flush(self) -> None:
-        """Save every index with unsaved changes (writer close)."""
+        """Save every index with unsaved changes (writer close; a background rebuild still
+        running is dropped: the next writer starts it again)."""
         for modality in MODALITIES:
+            self._finish_background(modality)
             if self._states.get(modality, IndexState()).changes:
                 self._save_quietly(modality)
 
@@ -337,7 +349,9 @@ class IndexSet:
                 self._indexes[modality], self._states[modality] = loaded
             if self.catch_up(modality):
                 logger.info("%s index caught up with SQLite", modality)
-            self._states[modality].gen = self.sqlite_gen(modality)
+            state = self._states[modality]
+            state.gen = self.sqlite_gen(modality)
+            state.dead = max(0, state.ntotal - self.sqlite_count(modality))
             if not self._maybe_rebuild(modality):
                 self.maybe_save(modality)
 
@@ -347,6 +361,7 @@ class IndexSet:
             return {m: self._rebuild_one(m) for m in MODALITIES}
 
     def _rebuild_one(self, modality: str) -> int:
+        self._building.pop(modality, None)  # a background build in flight is superseded
         index, state = self.build_from_sqlite(modality)
         if index is None:
             self._indexes.pop(modality, None)
@@ -369,12 +384,68 @@ class IndexSet:
             why = f"{n} vectors: switching to IVF"
         elif self.factory == AUTO and index.ivf is not None and n >= GROW_FACTOR * state.built_n:
             why = f"{n} vectors, trained at {state.built_n}: retraining"
-        elif not index.exact and n - self.sqlite_count(modality) > COMPACT_FRACTION * n:
+        elif not index.exact and state.dead > COMPACT_FRACTION * n:
             why = "compacting deleted vectors"
         if why is None:
             return False
+        if n >= BACKGROUND_MIN:
+            self._start_background(modality, why)
+            return False
         logger.info("rebuilding %s index (%s)", modality, why)
         self._rebuild_one(modality)
+        return True
+
+    # --- background rebuilds (writer) -------------------------------------------------------
+
+    def _start_background(self, modality: str, why: str) -> None:
+        """Build the new index in a thread from its own read connection (a snapshot of the
+        vectors up to some id); :meth:`_finish_background` swaps it in and adds the vectors
+        committed meanwhile. Inserts go on into the current index (faiss releases the GIL)."""
+        if modality in self._building:
+            return
+        logger.info("rebuilding %s index in the background (%s)", modality, why)
+        db = Path(self.conn.execute("PRAGMA database_list").fetchone()[2])
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True,
+                                   check_same_thread=False)  # fmt: skip
+            try:
+                view = IndexSet.__new__(IndexSet)
+                view.conn, view.factory = conn, self.factory
+                box["result"] = view.build_from_sqlite(modality)
+            except BaseException as e:  # reported by _finish_background
+                box["error"] = e
+            finally:
+                conn.close()
+
+        thread = threading.Thread(target=run, name=f"eidetic-index-{modality}", daemon=True)
+        self._building[modality] = (thread, box)
+        thread.start()
+
+    def _finish_background(self, modality: str, *, wait: bool = False) -> bool:
+        """Swap in a finished background build (caught up with SQLite); True if swapped."""
+        job = self._building.get(modality)
+        if job is None:
+            return False
+        thread, box = job
+        if wait:
+            thread.join()
+        if thread.is_alive():
+            return False
+        del self._building[modality]
+        if "error" in box or box.get("result", (None,))[0] is None:
+            logger.warning("background rebuild of the %s index failed (%s); keeping the old one",
+                           modality, box.get("error"))  # fmt: skip
+            return False
+        index, state = box["result"]
+        self._indexes[modality], self._states[modality] = index, state
+        added = self.catch_up(modality)
+        state.gen = self.sqlite_gen(modality)
+        state.dead = max(0, index.ntotal - self.sqlite_count(modality))  # deleted meanwhile
+        state.changes = 1
+        logger.info("swapped in the rebuilt %s index (+%d added meanwhile)", modality, added)
+        self._save_quietly(modality)
         return True
 
     def get(self, modality: str) -> FaissIndex | None:
@@ -412,7 +483,7 @@ class IndexSet:
         state.max_id = max(state.max_id, int(ids.max()))
         state.gen, state.ntotal = gen, index.ntotal
         state.changes += len(ids)
-        if not self._maybe_rebuild(modality):
+        if not self._finish_background(modality) and not self._maybe_rebuild(modality):
             self.maybe_save(modality)
 
     def remove(self, modality: str, ids: np.ndarray, gen: int) -> None:
@@ -420,9 +491,11 @@ class IndexSet:
         state = self._states.setdefault(modality, IndexState())
         if index is not None and index.exact:
             index.remove(ids)  # O(n), cheap while Flat; other types keep tombstoned vectors
+        elif index is not None:
+            state.dead += len(ids)  # committed deletes of vectors the index holds
         state.gen, state.ntotal = gen, 0 if index is None else index.ntotal
         state.changes += len(ids)
-        if not self._maybe_rebuild(modality):
+        if not self._finish_background(modality) and not self._maybe_rebuild(modality):
             self.maybe_save(modality)
 
     def ntotal(self) -> dict[str, int]:
@@ -445,7 +518,7 @@ def _train_sample(x: np.ndarray, index: FaissIndex) -> np.ndarray:
 
 def tune_nprobe(index: FaissIndex, ids: np.ndarray, x: np.ndarray) -> int:
     """The smallest nprobe whose recall@10 on stored vectors (as queries, themselves excluded)
-    reaches ``TUNE_RECALL`` against exact search."""
+    reaches ``TUNE_RECALL`` against exact search, times ``TUNE_MARGIN`` (at most every list)."""
     import faiss
 
     ivf = index.ivf
@@ -459,6 +532,7 @@ def tune_nprobe(index: FaissIndex, ids: np.ndarray, x: np.ndarray) -> int:
         hits = sum(len(t & (set(row.tolist()) - {int(ids[qi])})) for t, row, qi in zip(truth, I, q))
         recall = hits / max(1, sum(len(t) for t in truth))
         if recall >= TUNE_RECALL:
-            logger.info("nprobe %d of %d lists: tuning recall@10 %.3f", nprobe, ivf.nlist, recall)
-            return nprobe
+            logger.info("nprobe %d of %d lists: tuning recall@10 %.3f (used: x%d)",
+                        nprobe, ivf.nlist, recall, TUNE_MARGIN)  # fmt: skip
+            return int(min(ivf.nlist, nprobe * TUNE_MARGIN))
     return int(ivf.nlist)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from memory.catalog import Catalog
 from memory.errors import EpisodeNotFound, ParameterError
 from memory.indexes import IndexSet, check_modality
 from memory.schema import FTS_WEIGHTS, blob_vector, get_meta, row_episode
@@ -25,6 +26,8 @@ OVERFETCH = 4  # search_vectors fetches k * OVERFETCH neighbours (then x4 ...) b
 PREFILTER_MAX = 50_000  # narrow filters passing at most this many episodes are searched exactly
 BROAD_FILTER = 0.05  # a filter passed by this fraction of the nearest hits is applied after
 MAX_FETCH = 4096  # post-filtering asks FAISS for at most this many neighbours, then more lists
+SELECT_SPARE = 10  # filtered search: neighbours fetched beyond k (deleted ones are dropped) ...
+SELECT_RETRIES = 4  # ... and searches repeated after dropping them from the catalog
 BM25 = f"bm25(episodes_fts, {', '.join(map(str, FTS_WEIGHTS))})"
 
 
@@ -263,10 +266,12 @@ class StoreReader:
     ) -> list[tuple[int, float]]:
         """Nearest episodes to an example vector, filtered like :meth:`episodes`.
 
-        Without filters (or with a broad one) FAISS is asked for ``k * OVERFETCH`` neighbours,
-        then more, until ``k`` exist in SQLite and pass the filters. A narrow filter (fewer than
-        ``BROAD_FILTER`` of the nearest neighbours pass it) passing at most ``PREFILTER_MAX``
-        episodes is applied first: exact search among their stored vectors.
+        Without filters FAISS is asked for ``k * OVERFETCH`` neighbours, then more, until ``k``
+        exist in SQLite. Source/time filters select the allowed ids in memory
+        (:meth:`_search_selected`). With a label filter (or an HNSW index) a narrow filter
+        (fewer than ``BROAD_FILTER`` of the nearest neighbours pass it) passing at most
+        ``PREFILTER_MAX`` episodes is applied first: exact search among their stored vectors;
+        a broad one after the search.
 
         Parameters
         ----------
@@ -301,6 +306,11 @@ class StoreReader:
                               max_span=None if span is None else float(span))  # fmt: skip
             if where[0] == "1":
                 return self._search_post_filtered(index, xq, int(k), where, int(k) * OVERFETCH)
+            if not labels and (index.ivf is not None or index.exact):
+                # time/source: the catalog lists the allowed ids, FAISS searches only those
+                return self._search_selected(index, xq, int(k), where, dict(
+                    source=source, since=since, until=until, wall_since=wall_since,
+                    wall_until=wall_until))  # fmt: skip
             # probe: how many of the nearest neighbours pass the filter?
             fetch = min(int(k) * OVERFETCH, index.ntotal)
             hits, frac = self._probe(index, xq, where, fetch)
@@ -317,6 +327,47 @@ class StoreReader:
                 if allowed is not None:
                     return self._search_among(index, xq, int(k), allowed)
             return hits
+
+    def _catalog(self) -> Catalog:
+        """The filter columns of every episode, caught up with SQLite (memory/catalog.py)."""
+        cat = getattr(self, "_cat", None)
+        if cat is None:
+            cat = self._cat = Catalog()
+        cat.catch_up(self._conn)
+        return cat
+
+    def _search_selected(
+        self, index: Any, xq: np.ndarray, k: int, where: tuple[str, list[Any]], flt: dict[str, Any]
+    ) -> list[tuple[int, float]]:
+        """Search only the ids the catalog allows (a faiss ID selector: checked before any
+        distance is computed). An IVF index visits ``nprobe / f`` lists for an allowed fraction
+        ``f`` (as many allowed vectors as an unfiltered search visits vectors; a narrow filter
+        thus scans every list: exact). Hits are verified in SQLite (a deleted episode's vector
+        may linger in the index); deleted ones are dropped from the catalog and the search
+        repeated."""
+        cat = self._catalog()
+        ivf = index.ivf
+        for _ in range(SELECT_RETRIES):
+            allowed = cat.select(**flt)
+            if allowed.size == 0:
+                return []
+            fetch = min(k + SELECT_SPARE, allowed.size)
+            nprobe = None
+            if ivf is not None:
+                frac = allowed.size / max(1, index.ntotal)
+                nprobe = int(min(ivf.nlist, np.ceil(ivf.nprobe / frac)))
+            D, I = index.search(xq, fetch, allowed=allowed, nprobe=nprobe)
+            if nprobe is not None and nprobe < ivf.nlist and I[0, -1] < 0:  # lists ran dry
+                D, I = index.search(xq, fetch, allowed=allowed, nprobe=int(ivf.nlist))
+            found = [(int(i), float(d)) for i, d in zip(I[0].tolist(), D[0].tolist()) if i >= 0]
+            ok = self._filter_ids([i for i, _ in found], where)
+            hits = [(i, d) for i, d in found if i in ok]
+            dead = [i for i, _ in found if i not in ok]
+            if dead:
+                cat.mark_dead(dead)
+            if len(hits) >= k or not dead:
+                return hits[:k]
+        return hits[:k]
 
     def _probe(
         self, index: Any, xq: np.ndarray, where: tuple[str, list[Any]], fetch: int

@@ -396,17 +396,22 @@ class EpisodeStore(StoreReader):
                     (source, s.label, float(s.score), float(s.t_start), float(s.t_end), episode_id)
                     for s in sounds
                 ]
+                longest = max((r[4] - r[3] for r in rows), default=0.0)
+                if longest > float(get_meta(c, "max_sound_span_s", "0") or 0):
+                    set_meta(c, "max_sound_span_s", longest)  # bounds forget's range scans
                 return [int(c.execute(sql, row).lastrowid) for row in rows]
 
     def forget(self, episode_id: int) -> None:
-        """Delete an episode: row, vectors, FTS entry, its sound-log rows, index entries, files.
+        """Delete an episode: row, vectors, FTS entry, index entries, files, and the sound-log
+        rows heard in it (tied to it, or logged without an episode on its source during its
+        span: otherwise a forgotten moment would still be answered from the log).
 
         Raises ``EpisodeNotFound`` if there is no such episode.
         """
         with self._lock:
             self._require_writer()
             self.get(episode_id, vectors=False)  # raises EpisodeNotFound
-            self.forget_many([episode_id])
+            self.forget_many([episode_id], sounds_in_span=True)
 
     def forget_range(
         self,
@@ -419,8 +424,8 @@ class EpisodeStore(StoreReader):
         dry_run: bool = False,
     ) -> dict[str, Any]:
         """Forget every episode overlapping a time range (filters as in :meth:`episodes`; at
-        least one is required), and the logged sounds in it. Returns ``{"episodes": [ids],
-        "sounds": n}``."""
+        least one is required), and the logged sounds in the range and in those episodes' spans.
+        Returns ``{"episodes": [ids], "sounds": n}`` (n: sounds deleted in the range)."""
         if all(v is None for v in (source, since, until, wall_since, wall_until)):
             raise ParameterError("forget_range needs a source or a time range; "
                                  "use forget(episode_id) for one episode")  # fmt: skip
@@ -435,16 +440,19 @@ class EpisodeStore(StoreReader):
                 return {"episodes": ids, "sounds": None, "dry_run": True}
             self._require_writer()
             for i in range(0, len(ids), retention.BATCH):
-                self.forget_many(ids[i : i + retention.BATCH])
+                self.forget_many(ids[i : i + retention.BATCH], sounds_in_span=True)
             if wall_since is None and wall_until is None:
                 with transaction(self._conn) as c:
                     n_sounds = c.execute(f"DELETE FROM sounds AS e WHERE {sound_where}",
                                          sound_params).rowcount  # fmt: skip
             return {"episodes": ids, "sounds": n_sounds, "dry_run": False}
 
-    def forget_many(self, ids: Sequence[int]) -> list[int]:
+    def forget_many(self, ids: Sequence[int], *, sounds_in_span: bool = False) -> list[int]:
         """Delete the episodes among ``ids`` (unknown ids are skipped) in one transaction; then
-        their index entries and files. Returns the ids deleted."""
+        their index entries and files. Returns the ids deleted.
+
+        Their sound-log rows go too; with ``sounds_in_span`` also the rows logged without an
+        episode (the file pipeline's log) on their source overlapping their span."""
         with self._lock:
             self._require_writer()
             doomed = json.dumps(sorted({int(i) for i in ids}))
@@ -452,6 +460,8 @@ class EpisodeStore(StoreReader):
             with transaction(self._conn) as c:
                 found = [int(r[0]) for r in c.execute(f"SELECT id FROM episodes WHERE id {in_ids}",
                                                       (doomed,))]  # fmt: skip
+                if sounds_in_span and found:
+                    self._forget_logged_sounds(c, doomed)
                 vecs = c.execute(f"SELECT episode_id, modality FROM vectors WHERE episode_id {in_ids}",
                                  (doomed,)).fetchall()  # fmt: skip
                 for sql in (
@@ -474,10 +484,28 @@ class EpisodeStore(StoreReader):
             for modality, gen in gens.items():
                 gone = np.array([r[0] for r in vecs if r[1] == modality], dtype=np.int64)
                 self._ix.remove(modality, gone, gen)
+            if (cat := getattr(self, "_cat", None)) is not None:
+                cat.mark_dead(found)
             maintenance.empty_trash(self)
             if found:
                 logger.info("forgot %d episode(s): %s", len(found), found[:10])
             return found
+
+    @staticmethod
+    def _forget_logged_sounds(c: sqlite3.Connection, doomed: str) -> int:
+        """Delete the episode-less sound-log rows on each doomed episode's source that overlap
+        its span (a range on the ``(source, t_start)`` index, bounded by the longest sound)."""
+        longest = get_meta(c, "max_sound_span_s")
+        if longest is None:  # a store from before this key: measured once
+            longest = c.execute("SELECT COALESCE(MAX(t_end - t_start), 0) FROM sounds").fetchone()[0]
+            set_meta(c, "max_sound_span_s", longest)
+        sql = (
+            "DELETE FROM sounds WHERE id IN (SELECT s.id FROM episodes e JOIN sounds s "
+            "ON s.source = e.source AND s.t_start <= e.t_end AND s.t_start >= e.t_start - ? "
+            "AND s.t_end >= e.t_start WHERE e.id IN (SELECT value FROM json_each(?)) "
+            "AND s.episode_id IS NULL)"
+        )
+        return c.execute(sql, (float(longest), doomed)).rowcount
 
     def name_object(self, object_id: int, name: str | None) -> None:
         """Name the object identity ``object_id`` (unique; None clears it). Its episodes become

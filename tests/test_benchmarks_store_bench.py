@@ -22,7 +22,7 @@ def test_store_bench_quick(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     (r,) = doc["results"]
     assert r["n"] == 3000 and r["index"]["factory"].startswith("IVF")  # switched from Flat
-    assert r["insert_per_s"] > 0 and r["bytes_per_episode"] > 0
+    assert r["insert_per_s"] > 0 and r["bytes_per_episode"] > 0 and r["catalog_s"] > 0
     assert set(r["search"]) == {"no filter", "source (10 %)", "source + time (1 %)"}
     for case in r["search"].values():
         assert case["recall_at_10"] >= 0.9, case  # vs exact search on clustered data

@@ -175,3 +175,30 @@ def test_importing_memory_is_light() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat"])
+def test_allowed_ids_selector(factory: str) -> None:
+    """``allowed`` restricts a search to those ids, whether the ids ascend (selected by inner
+    position) or not (translated), and after removes shift the positions."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((400, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for ids in (np.arange(10, 410), rng.permutation(400) + 10):
+        index = FaissIndex(16, factory=factory)
+        index.train(x)
+        index.add(ids[:300], x[:300])
+        allowed = ids[::7]
+        index.search(x[:1], 5, allowed=allowed, nprobe=8)  # positions cached ...
+        index.add(ids[300:], x[300:])  # ... and extended
+        truth = NumpyIndex(16)
+        truth.add(ids, x)
+        for q in x[:20]:
+            got = index.search(q, 5, allowed=allowed, nprobe=8)[1][0]
+            assert got.tolist() == truth.search(q, 5, allowed=allowed)[1][0].tolist()
+        if factory == "Flat":
+            index.remove(allowed[:10])
+            truth.remove(allowed[:10])
+            for q in x[:20]:
+                got = index.search(q, 5, allowed=allowed)[1][0]
+                assert got.tolist() == truth.search(q, 5, allowed=allowed)[1][0].tolist()

@@ -110,3 +110,74 @@ def test_reader_follows_writer_rebuilds(tmp_path: Path, small_thresholds) -> Non
             w.forget(later[750].episode_id)
             hits = r.search_vectors("visual", xb[850], k=3)
             assert later[750].episode_id not in [i for i, _ in hits]
+
+
+def test_filtered_search_uses_catalog_and_drops_deleted(tmp_path: Path, small_thresholds) -> None:
+    """Time/source/wall filters select ids in memory (memory/catalog.py); FAISS searches only
+    those. Results equal exact search among the allowed, live episodes, for a writer and for a
+    reader that learns of deletes by verifying hits (its IVF index still holds them)."""
+    x = clustered(1400, seed=6)
+    xb, xq = x[:1300], x[1300:]
+    # cam0 re-ingests a file from t = 0 (starts not in id order); cam3 has no wall time
+    t = [float(i % 650 if i % 4 == 0 else i) for i in range(len(xb))]
+    eps = [(Episode(source=f"cam{i % 4}", t_start=t[i], t_end=t[i] + 3,
+                    labels=("knock",) if i % 3 == 0 else ("sound",),
+                    wall_start=None if i % 4 == 3 else 1e9 + i, summary="s", visual=v), [])
+           for i, v in enumerate(xb)]  # fmt: skip
+    with EpisodeStore(tmp_path / "s") as s:
+        stored = s.add_many(eps)
+        assert s._ix.get("visual").ivf is not None
+        with EpisodeStore(tmp_path / "s", readonly=True) as r:
+            r.search_vectors("visual", xq[0], k=3, source="cam1")  # builds the reader's catalog
+            gone = [e.episode_id for e in stored if e.source == "cam1" and e.episode_id % 3 == 0]
+            s.forget_many(gone)
+            ids = np.array([e.episode_id for e in stored])
+            src = np.array([e.source for e in stored])
+            t0 = np.array([e.t_start for e in stored])
+            wall = np.array([np.nan if e.wall_start is None else e.wall_start for e in stored])
+            live = ~np.isin(ids, gone)
+            cases = [
+                ({"source": "cam1"}, src == "cam1"),
+                ({"source": "cam0", "since": 100.0, "until": 200.0},
+                 (src == "cam0") & (t0 + 3 >= 100) & (t0 <= 200)),
+                ({"since": 600.0, "until": 700.0}, (t0 + 3 >= 600) & (t0 <= 700)),
+                ({"wall_since": 1e9 + 1000}, wall + 3 >= 1e9 + 1000),  # cam3: no wall time
+                ({"source": "cam2", "wall_until": 1e9 + 40}, (src == "cam2") & (wall <= 1e9 + 40)),
+                ({"source": "nowhere"}, np.zeros(len(ids), bool)),
+                ({"source": "cam2", "labels": ["knock"]},  # labels: filtered in SQL
+                 (src == "cam2") & np.array([e.labels == ("knock",) for e in stored])),
+            ]  # fmt: skip
+            for store in (s, r):
+                for flt, mask in cases:
+                    mask = mask & live
+                    for q in xq[:15]:
+                        got = [i for i, _ in store.search_vectors("visual", q, k=5, **flt)]
+                        assert got == exact_top(ids[mask], xb[mask], q, 5)[:5], flt
+            assert set(s._cat.select(source="cam1").tolist()).isdisjoint(gone)  # told
+            assert r._cat.select(source="cam1").size < (src == "cam1").sum()  # learnt from hits
+
+
+def test_large_rebuild_runs_in_the_background(tmp_path: Path, small_thresholds, monkeypatch):
+    """From BACKGROUND_MIN vectors a retrain runs in a thread while adds go on into the old
+    index; the new one is swapped in with the vectors added meanwhile and every id is found."""
+    monkeypatch.setattr(memory.indexes, "BACKGROUND_MIN", 500)
+    xb = clustered(1600, seed=7)
+    with EpisodeStore(tmp_path / "s") as s:
+        stored = s.add_many(episodes(xb[:400]))  # IVF (synchronous switch at 300), built at 400
+        first = s._ix.get("visual")
+        assert first.ivf is not None and not s._ix._building
+        stored += s.add_many(episodes(xb[400:1600], t0=400))  # 4x: retrain, in the background
+        assert "visual" in s._ix._building or s._ix.get("visual") is not first
+        s.forget_many([stored[0].episode_id])  # a delete while it builds
+        if "visual" in s._ix._building:
+            s._ix._building["visual"][0].join()
+        s.add_many(episodes(clustered(10, seed=8), t0=1600))  # the next write swaps it in
+        index = s._ix.get("visual")
+        assert index is not first and not s._ix._building
+        assert index.ntotal - s._ix._states["visual"].dead == 1609  # the delete is counted
+        assert s._ix._states["visual"].built_n >= 1200
+        for e in stored[1::97]:
+            assert s.search_vectors("visual", e.visual, k=1)[0][0] == e.episode_id
+        assert s.check()["ok"]
+    with EpisodeStore(tmp_path / "s", readonly=True) as r:
+        assert r._ix.get("visual").ntotal >= 1609 and r.check()["ok"]

@@ -120,6 +120,28 @@ def test_sound_log(store: EpisodeStore, rng: np.random.Generator) -> None:
     assert [s.sound.t_start for s in store.sounds()] == [30.0]
 
 
+def test_forget_removes_sounds_logged_without_episode(store: EpisodeStore, rng) -> None:
+    """The file pipeline logs sounds with no episode id: forgetting an episode removes those
+    on its source overlapping its span, and keeps the others."""
+    ep = store.add(episode(rng, "can_opening", 10.0))  # span [10, 12] on cam1
+    keep = store.add(episode(rng, "can_opening", 40.0))
+    store.add_sounds("cam1", [SoundRecord("can_opening", 0.8, 10.2, 10.7),  # inside
+                              SoundRecord("speech", 0.5, 3.0, 10.5),  # long, overlaps the start
+                              SoundRecord("dog", 0.6, 11.9, 13.0),  # overlaps the end
+                              SoundRecord("dog", 0.6, 12.5, 13.0),  # after
+                              SoundRecord("can_opening", 0.8, 40.2, 40.7)])  # another episode
+    store.add_sounds("cam2", [SoundRecord("dog", 0.7, 10.5, 11.0)])  # another source
+    store.forget(ep.episode_id)
+    assert [(s.source, s.sound.t_start) for s in store.sounds()] == [
+        ("cam2", 10.5), ("cam1", 12.5), ("cam1", 40.2)]  # fmt: skip
+    done = store.forget_range(source="cam1", since=39.0, until=39.5)  # overlaps [40, 42]? no
+    assert done["episodes"] == [] and len(store.sounds()) == 3
+    done = store.forget_range(source="cam1", since=41.0, until=41.5)  # inside keep's span
+    assert done["episodes"] == [keep.episode_id] and done["sounds"] == 0
+    assert [(s.source, s.sound.t_start) for s in store.sounds()] == [("cam2", 10.5), ("cam1", 12.5)]
+    assert store.check()["ok"]
+
+
 def test_search_text(store: EpisodeStore, rng: np.random.Generator) -> None:
     fill(store, rng)
     for text in ("glass breaking", "glass broke", "Glass_Breaking", "glass"):
