@@ -22,10 +22,11 @@ if __name__ == "__main__" and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+
+from benchmarks.common import write_json  # noqa: E402
 
 DEFAULT_MEDIA = [
     str(REPO / "pipeline" / "assets" / "demo.mp4"),
@@ -83,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:<10} {v:>10} {doc['mb_per_input_hour_by_part'][k]:>17.1f}")
     print(f"{'total':<10} {total:>10} {doc['mb_per_input_hour']:>17.1f}")
     print(f"load: {doc['uptime']}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, doc)
     return 0
 
 

@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import git_state  # noqa: E402
 from benchmarks.soundscapes import Soundscape, build_soundscape  # noqa: E402
 from models.audio.esc50 import DEFAULT_TRIGGERS  # noqa: E402
 
@@ -453,15 +454,6 @@ def diagnose(qa: dict[str, Any], *, wrong_only: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _git() -> dict[str, Any] | None:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip())
-        return {"commit": commit, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenarios", type=int, default=4)
@@ -488,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     if qa is not None and args.diagnose:
         print(diagnose(qa, wrong_only=args.diagnose == "wrong"), file=sys.stderr)
     doc = {"command": "python benchmarks/qa_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "git": _git(), "args": vars(args), "load": load(), "targets": TARGETS, "qa": qa, "http": http}  # fmt: skip
+           "git": git_state(), "args": vars(args), "load": load(), "targets": TARGETS, "qa": qa, "http": http}  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1, default=str) + "\n")

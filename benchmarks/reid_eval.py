@@ -26,12 +26,13 @@ if __name__ == "__main__" and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from benchmarks.common import write_json  # noqa: E402
 
 THRESHOLDS = np.round(np.arange(0.50, 0.99, 0.01), 2)
 
@@ -120,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                  "same_pairs": int(same_s.size), "diff_pairs": int(diff_s.size)},
         "uptime": load, "license": "DAVIS 2016: CC BY-NC 4.0 (non-commercial)",
     }  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, doc)
     return 0
 
 

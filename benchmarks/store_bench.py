@@ -48,6 +48,8 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.common import write_json  # noqa: E402
+
 logger = logging.getLogger("benchmarks.store_bench")
 
 N_SOURCES = 10
@@ -318,9 +320,7 @@ def main(argv: list[str] | None = None) -> int:
            "data": {"centres": N_CENTRES, "sub_centres_per_centre": N_SUB,
                     "spread_sub": SPREAD_SUB, "spread_point": SPREAD_POINT, "sources": N_SOURCES},
            "results": results}  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, doc)
     return 0
 
 

@@ -44,7 +44,6 @@ if __name__ == "__main__":  # one core, set before numpy/torch/numba start their
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from collections.abc import Iterable, Sequence  # noqa: E402
@@ -53,6 +52,7 @@ from typing import Any, NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.common import git_state  # noqa: E402
 from benchmarks.soundscapes import SAMPLE_RATE, Soundscape, TruthEvent  # noqa: E402
 from pipeline.types import AudioChunk, CaptureWindow, TriggerEvent, TriggerState  # noqa: E402
 
@@ -411,18 +411,6 @@ def format_table(pooled: dict[str, Any], classifier: dict[str, Any], header: str
     return "\n".join(lines)
 
 
-def _git() -> dict[str, Any] | None:
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=6, help="soundscapes (default 6)")
@@ -510,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"SNR {','.join(f'{x:g}' for x in args.snr)} dB, chunk {args.chunk_s:g} s, "
         f"detector {cfg.detector!r}")))  # fmt: skip
     doc = {
-        "command": " ".join(["python", *sys.argv]), "git": _git(),
+        "command": " ".join(["python", *sys.argv]), "git": git_state(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "config": cfg.model_dump(mode="json"), "targets": TARGETS, "tol_s": TOL_S,
         "pooled": pooled, "classifier": classifier, "soundscapes": results,

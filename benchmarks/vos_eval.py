@@ -35,7 +35,6 @@ import logging
 import multiprocessing as mp
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +48,8 @@ if __name__ == "__main__" and str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from benchmarks.common import git_state  # noqa: E402
 
 logger = logging.getLogger("benchmarks.vos_eval")
 
@@ -256,18 +257,6 @@ def format_table(results: dict[str, dict[str, Any]], sam: dict[str, Any] | None)
     return "\n".join(lines)
 
 
-def _git() -> dict[str, Any] | None:
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", default="quality,fast", help="comma-separated presets")
@@ -330,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(results, sam))
     doc = {
         "command": " ".join(["python", *(sys.argv if argv is None else ["vos_eval.py", *argv])]),
-        "git": _git(), "cpu_count": os.cpu_count(), "targets": TARGETS,
+        "git": git_state(), "cpu_count": os.cpu_count(), "targets": TARGETS,
         "split": {"tune": list(TUNE), "held_out": list(HELD_OUT)},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "presets": results, "sam_hq": sam,

@@ -1,0 +1,32 @@
+"""Small helpers shared by the benchmarks: the code version a result came from, writing results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_state() -> dict[str, Any] | None:
+    """``{"commit", "dirty"}`` of the checkout (tracked files only), or None outside git."""
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_json(path: str | Path, doc: dict[str, Any]) -> None:
+    """Write a benchmark result as indented JSON, creating its folder; say where on stdout."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {path}")
