@@ -56,12 +56,17 @@ def serve(media: Path, port: int) -> subprocess.Popen:
     """``ffmpeg -re`` replaying ``media`` in real time as MPEG-TS to one TCP client."""
     cmd = [_need_ffmpeg(), "-v", "error", "-re", "-i", str(media), "-c", "copy", "-f", "mpegts",
            f"tcp://127.0.0.1:{port}?listen=1"]  # fmt: skip
+    # A restart on the same port can find it still held for a moment by the killed server's
+    # socket: ffmpeg then exits at once, and is started again (bounded by the deadline).
+    deadline = time.monotonic() + 30
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
     while not _listening(port):
-        if time.monotonic() > deadline or proc.poll() is not None:
+        if time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError("ffmpeg did not start listening")
+        if proc.poll() is not None:
+            time.sleep(0.2)
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.02)
     return proc
 
