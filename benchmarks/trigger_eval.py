@@ -336,17 +336,18 @@ def run_policy(
     return emitted, policy.windows(duration), wall, cpu
 
 
-def classifier_metrics(clips: Sequence[Any]) -> dict[str, Any]:
+def classifier_metrics(clips: Sequence[Any], weights: Any = None) -> dict[str, Any]:
     """Clip accuracy (50 classes) and ROC-AUC of the interaction score, trigger-class clips vs
-    distractor clips, of ``models.audio.cnn.AudioClassifier().predict_clip`` (a ``Prediction``:
-    ``probs [1, 50]``, ``interaction [1]``); ``{"available": False, "error": ...}`` if it fails."""
+    distractor clips, of ``models.audio.cnn.AudioClassifier(weights).predict_clip`` (a
+    ``Prediction``: ``probs [1, 50]``, ``interaction [1]``; ``weights`` None: the shipped ones,
+    as ``trigger.weights``); ``{"available": False, "error": ...}`` if it fails."""
     from benchmarks.soundscapes import load_clip
     from models.audio.esc50 import CLASSES, DEFAULT_TRIGGERS, DISTRACTORS, INTERACTION
 
     try:  # the classifier may be missing or untrained: report it, do not end the run
         from models.audio.cnn import AudioClassifier
 
-        clf = AudioClassifier()
+        clf = AudioClassifier(weights) if weights is not None else AudioClassifier()
         preds = [clf.predict_clip(load_clip(c.path)) for c in clips]
         probs = np.stack([np.asarray(p.probs, dtype=float).reshape(-1) for p in preds])
         inter = np.array([float(np.mean(p.interaction)) for p in preds])
@@ -492,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pooled = pool([r["metrics"] for r in results])
     pooled["load_avg_1min"] = [load0, os.getloadavg()[0]]  # machine load at start and end
     classifier = ({"available": False, "error": "skipped (--no-classifier)"}
-                  if args.no_classifier else classifier_metrics(clips))  # fmt: skip
+                  if args.no_classifier else classifier_metrics(clips, cfg.weights))  # fmt: skip
     print(format_table(pooled, classifier, (
         f"Trigger benchmark: {args.n} soundscapes x {args.minutes:g} min, seed {args.seed}, "
         f"SNR {','.join(f'{x:g}' for x in args.snr)} dB, chunk {args.chunk_s:g} s, "

@@ -155,15 +155,16 @@ class TriggerConfig(_Section):
         "trigger).",
     )
     threshold: float = Field(
-        0.4, gt=0, le=1, description="Class probability that triggers (per-class default)."
+        0.5, gt=0, le=1, description="Class probability that triggers (per-class default)."
     )
     class_thresholds: dict[str, float] = Field(
         {"drinking_sipping": 0.7, "toilet_flush": 0.7, "brushing_teeth": 0.7},
         description="Per-class thresholds (the defaults: classes the shipped CNN often hears in "
-        "running water, engines and ticking clocks; tuned on ESC-50 validation soundscapes).",
+        "running water, engines and ticking clocks; tuned on ESC-50 validation soundscapes, "
+        "benchmarks/trigger_tune.py).",
     )
     interaction_threshold: float = Field(
-        0.5, gt=0, le=2,
+        0.8, gt=0, le=2,
         description="'Domestic interaction' probability that triggers whatever the label "
         "(> 1 disables).",
     )

@@ -3,14 +3,16 @@
 One seeded, deterministic command (fixed thread count, ``torch.use_deterministic_algorithms``)
 writes the checkpoint (default :data:`models.audio.cnn.WEIGHTS`) and its metrics JSON beside it.
 
-Recipe: each clip's mel power is computed once; every batch is augmented in the mel-power domain
-(random 96-frame crops among the clip's active windows, mixup of two foreground clips with soft
-targets, gain, a train-split background clip added at 0–20 dB SNR, sometimes a second foreground
-clip at low level), then ``log(power + 0.001)``, per-band normalisation and SpecAugment. Loss:
-label-smoothed cross-entropy + BCE of the interaction head. AdamW with a one-cycle LR; the epoch
-with the best val accuracy is kept. The softmax temperature and the interaction head's Platt
-scaling are fitted on val; test is only reported. ``--unseen-eval`` also trains one model per
-third of ``esc50.INTERACTION`` with those classes removed from train and val, and scores the
+Recipe: each clip's mel power is computed once (train clips padded with 0.48 s of digital
+silence, so crops may hold only part of a sound); every batch is augmented in the mel-power
+domain (random 96-frame crops among the clip's active windows, gain, a train-split background
+clip added at -5..15 dB SNR to 90% of the crops, sometimes a second foreground clip at low level,
+optional mixup), then ``log(power + 0.001)``, per-band normalisation and SpecAugment. Loss:
+label-smoothed cross-entropy + BCE of the interaction head. AdamW with a one-cycle LR for a fixed
+number of epochs, the last one kept (val is not looked at while training). The softmax
+temperature and the interaction head's Platt scaling are fitted on val; test is only reported.
+``--unseen-eval`` also trains one model per third of ``esc50.INTERACTION`` with those classes
+removed from train and val (``--jobs 3``: in worker processes), and scores the
 interaction probability on their test clips.
 """
 
@@ -18,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import math
+import multiprocessing
 import random
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,7 +55,7 @@ from models.errors import ParameterError
 
 logger = logging.getLogger(__name__)
 
-THREADS = 2  # torch intra-op threads during training (part of what makes a run reproducible)
+THREADS = 1  # default torch intra-op threads in training (part of what makes a run reproducible)
 ECE_BINS = 10
 
 
@@ -66,8 +71,10 @@ class Recipe:
     label_smoothing: float = 0.1
     interaction_weight: float = 1.0  # BCE weight relative to the 50-way cross-entropy
     gain_db: tuple[float, float] = (-20.0, 10.0)  # foreground gain range
-    p_background: float = 0.6  # probability of adding a BACKGROUND train clip
-    snr_db: tuple[float, float] = (0.0, 20.0)  # foreground-to-background ratio range
+    p_background: float = 0.9  # probability of adding a BACKGROUND train clip
+    snr_db: tuple[float, float] = (-5.0, 15.0)  # foreground-to-background ratio range
+    pad_frames: int = 48  # digital silence around each train clip: crops may hold part of it
+    select: str = "last"  # "last": keep the final epoch; "val": the best val-accuracy epoch
     p_mix: float = 0.0  # probability of a mixup pair of two foreground clips (soft targets)
     p_second: float = 0.25  # probability of adding a second foreground clip
     second_db: tuple[float, float] = (10.0, 25.0)  # how far below the foreground it sits
@@ -88,6 +95,8 @@ class ClipSet:
     power: torch.Tensor  # [N, T, 64] mel power (digital silence = 0)
     target: torch.Tensor  # int64[N] class index
     starts: list[torch.Tensor]  # per clip: int64 start frames of its active 96-frame windows
+    pad: int = 0  # frames of digital silence before each clip in ``power``
+    frames: list[int] | None = None  # per clip: its own length in frames (without padding)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -109,18 +118,25 @@ def active_starts(power: np.ndarray) -> np.ndarray:
     return np.flatnonzero(db >= db.max() - ACTIVE_WITHIN_DB)
 
 
-def load_set(clips: list[esc50.Clip], cache: dict[Path, np.ndarray]) -> ClipSet:
-    """Mel power of ``clips`` (computed once per file, memoised in ``cache``)."""
+def load_set(clips: list[esc50.Clip], cache: dict[Path, np.ndarray], *, pad: int = 0) -> ClipSet:
+    """Mel power of ``clips`` (computed once per file, memoised in ``cache``).
+
+    ``pad`` frames of digital silence (power 0) go before and after each clip; the active windows
+    are found on the padded clip, so with ``pad > 0`` a training crop may hold only the start or
+    the end of a sound that begins or ends the clip (as a streaming patch straddling an onset
+    does) and background mixing fills the silence.
+    """
     for c in clips:
         if c.path not in cache:
             cache[c.path] = mel_power(c)
-    t_max = max(cache[c.path].shape[0] for c in clips)
-    power = np.zeros((len(clips), t_max, N_MELS), np.float32)
+    lengths = [cache[c.path].shape[0] for c in clips]
+    power = np.zeros((len(clips), max(lengths) + 2 * pad, N_MELS), np.float32)
+    starts = []
     for i, c in enumerate(clips):
-        power[i, : cache[c.path].shape[0]] = cache[c.path]
-    starts = [torch.from_numpy(active_starts(cache[c.path])) for c in clips]
+        power[i, pad : pad + lengths[i]] = cache[c.path]
+        starts.append(torch.from_numpy(active_starts(power[i, : lengths[i] + 2 * pad])))
     target = torch.tensor([c.target for c in clips])
-    return ClipSet(clips, torch.from_numpy(power), target, starts)
+    return ClipSet(clips, torch.from_numpy(power), target, starts, pad, lengths)
 
 
 def band_stats(train: ClipSet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,6 +144,8 @@ def band_stats(train: ClipSet) -> tuple[torch.Tensor, torch.Tensor]:
     rows = []
     for i, s in enumerate(train.starts):
         frames = torch.unique(s[:, None] + torch.arange(PATCH_FRAMES))
+        if train.frames is not None:  # the clip's own frames only, not its padding
+            frames = frames[(frames >= train.pad) & (frames < train.pad + train.frames[i])]
         rows.append(torch.log(train.power[i, frames] + LOG_OFFSET))
     x = torch.cat(rows)
     return x.mean(dim=0), x.std(dim=0).clamp_min(1e-3)
@@ -149,8 +167,9 @@ def _crops(data: ClipSet, idx: torch.Tensor, g: torch.Generator, *, active: bool
         if active:
             starts.append(int(s[torch.randint(len(s), (1,), generator=g)]))
         else:
-            n = int(s.max()) + 1 if len(s) else 1  # clip length - 95 (T >= 96 for ESC-50)
-            starts.append(int(torch.randint(n, (1,), generator=g)))
+            t = data.frames[i] if data.frames is not None else data.power.shape[1]
+            n = max(t - PATCH_FRAMES + 1, 1)  # within the clip itself (T >= 96 for ESC-50)
+            starts.append(data.pad + int(torch.randint(n, (1,), generator=g)))
     frames = torch.tensor(starts)[:, None] + torch.arange(PATCH_FRAMES)
     return data.power[idx[:, None], frames]
 
@@ -244,7 +263,8 @@ def score(model: AudioCNN, data: ClipSet, interaction: torch.Tensor) -> Scores:
     model.eval()
     logits, inter = [], []
     for i in range(len(data)):
-        p = clip_patches(torch.log(data.power[i] + LOG_OFFSET).numpy())
+        t = data.frames[i] if data.frames is not None else data.power.shape[1]
+        p = clip_patches(torch.log(data.power[i, data.pad : data.pad + t] + LOG_OFFSET).numpy())
         z, s, _ = model(torch.from_numpy(p[active_patches(p)]))
         logits.append(z)
         inter.append(s)
@@ -332,7 +352,11 @@ def interaction_mask() -> torch.Tensor:
 def train_model(
     train: ClipSet, val: ClipSet, r: Recipe, seed: int, *, desc: str = "train"
 ) -> tuple[AudioCNN, dict]:
-    """Train an :class:`AudioCNN`; return it (best val epoch, eval mode) and its history."""
+    """Train an :class:`AudioCNN`; return it (eval mode) and its history.
+
+    ``r.select == "last"`` keeps the final epoch and never looks at ``val``; ``"val"`` scores
+    ``val`` after every epoch and keeps the best accuracy (ties: lower NLL).
+    """
     g = seed_all(seed)
     model = AudioCNN(CNNConfig())
     model.norm_mean, model.norm_std = band_stats(train)
@@ -361,6 +385,11 @@ def train_model(
             sched.step()
             run += loss.item() / r.steps_per_epoch
             bar.update()
+        if r.select == "last":  # val plays no part in training: not even scored per epoch
+            history.append({"epoch": epoch + 1, "loss": run})
+            bar.set_postfix(loss=f"{run:.3f}")
+            best_epoch = epoch + 1
+            continue
         m = metrics(score(model, val, inter))
         history.append(
             {"epoch": epoch + 1, "loss": run, "val_accuracy": m["accuracy"], "val_nll": m["nll"],
@@ -371,7 +400,8 @@ def train_model(
             best_key, best = (m["accuracy"], -m["nll"]), copy.deepcopy(model.state_dict())
             best_epoch = epoch + 1
     bar.close()
-    model.load_state_dict(best)
+    if best is not None:
+        model.load_state_dict(best)
     return model.eval(), {"best_epoch": best_epoch, "history": history}
 
 
@@ -399,6 +429,52 @@ def _separation(q: np.ndarray, y: np.ndarray) -> dict:
             "negatives": int((~y).sum())}  # fmt: skip
 
 
+def unseen_fold(
+    parts: dict[str, list[esc50.Clip]], cache: dict, r: Recipe, seed: int, k: int, threads: int = 0
+) -> dict:
+    """Fold ``k`` (0-2) of :func:`unseen_eval`: train without ``esc50.INTERACTION[k::3]``, score.
+
+    ``threads > 0`` sets torch's thread count first (for a worker process)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    inter = interaction_mask()
+    held = set(esc50.INTERACTION[k::3])
+    seen = set(esc50.INTERACTION) - held
+    tr = load_set([c for c in parts["train"] if c.category not in held], cache, pad=r.pad_frames)
+    va = load_set([c for c in parts["val"] if c.category not in held], cache)
+    model, hist = train_model(tr, va, r, seed, desc=f"unseen fold {k + 1}/3")
+    temperature, platt = calibrate(model, va)
+    val_accuracy = metrics(score(model, va, inter), temperature, platt)["accuracy"]
+    row = {"held_out": sorted(held), "best_epoch": hist["best_epoch"], "platt": list(platt),
+           "val_accuracy": val_accuracy}  # fmt: skip
+    neg_test = [c for c in parts["test"] if c.category not in esc50.INTERACTION]
+    neg_val = [c for c in parts["val"] if c.category not in esc50.INTERACTION]
+    sets = {
+        "test": [c for c in parts["test"] if c.category in held] + neg_test,
+        "select": [c for c in parts["train"] + parts["val"] if c.category in held] + neg_val,
+        "seen": [c for c in parts["test"] if c.category in seen] + neg_test,
+    }
+    for name, clips in sets.items():
+        if not any(c.category in esc50.INTERACTION for c in clips):
+            continue  # (no test clips given: recipe exploration)
+        q = score(model, load_set(clips, cache), inter).interaction(*platt)
+        row[name] = _separation(q, np.array([c.category in esc50.INTERACTION for c in clips]))
+    logger.info("unseen fold %d: %s", k + 1, row)
+    return row
+
+
+def unseen_summary(rows: list[dict]) -> dict:
+    """The folds of :func:`unseen_fold` and their mean AUC, recall and FPR per scored set."""
+    out: dict = {"folds": rows}
+    for name in ("test", "select", "seen"):
+        if name not in rows[0]:
+            continue
+        out[f"mean_{name}"] = {
+            key: float(np.mean([f[name][key] for f in rows])) for key in ("auc", "recall", "fpr")
+        }
+    return out
+
+
 def unseen_eval(parts: dict[str, list[esc50.Clip]], cache: dict, r: Recipe, seed: int) -> dict:
     """Interaction score on interaction classes never trained on, one model per third of them.
 
@@ -411,41 +487,11 @@ def unseen_eval(parts: dict[str, list[esc50.Clip]], cache: dict, r: Recipe, seed
       the non-interaction classes: the number recipe choices were allowed to look at;
     - ``seen``: test clips of the interaction classes it did train on, against the same
       negatives as ``test``, for comparison.
+
+    Each fold seeds itself, so running the folds in worker processes (``main --jobs``) gives
+    the same numbers.
     """
-    out: dict = {"folds": []}
-    inter = interaction_mask()
-    for k in range(3):
-        held = set(esc50.INTERACTION[k::3])
-        seen = set(esc50.INTERACTION) - held
-        tr = load_set([c for c in parts["train"] if c.category not in held], cache)
-        va = load_set([c for c in parts["val"] if c.category not in held], cache)
-        model, hist = train_model(tr, va, r, seed, desc=f"unseen fold {k + 1}/3")
-        temperature, platt = calibrate(model, va)
-        val_accuracy = metrics(score(model, va, inter), temperature, platt)["accuracy"]
-        row = {"held_out": sorted(held), "best_epoch": hist["best_epoch"], "platt": list(platt),
-               "val_accuracy": val_accuracy}  # fmt: skip
-        neg_test = [c for c in parts["test"] if c.category not in esc50.INTERACTION]
-        neg_val = [c for c in parts["val"] if c.category not in esc50.INTERACTION]
-        sets = {
-            "test": [c for c in parts["test"] if c.category in held] + neg_test,
-            "select": [c for c in parts["train"] + parts["val"] if c.category in held] + neg_val,
-            "seen": [c for c in parts["test"] if c.category in seen] + neg_test,
-        }
-        for name, clips in sets.items():
-            if not any(c.category in esc50.INTERACTION for c in clips):
-                continue  # (no test clips given: recipe exploration)
-            q = score(model, load_set(clips, cache), inter).interaction(*platt)
-            row[name] = _separation(q, np.array([c.category in esc50.INTERACTION for c in clips]))
-        out["folds"].append(row)
-        logger.info("unseen fold %d: %s", k + 1, row)
-    for name in ("test", "select", "seen"):
-        if name not in out["folds"][0]:
-            continue
-        out[f"mean_{name}"] = {
-            key: float(np.mean([f[name][key] for f in out["folds"]]))
-            for key in ("auc", "recall", "fpr")
-        }
-    return out
+    return unseen_summary([unseen_fold(parts, cache, r, seed, k) for k in range(3)])
 
 
 # -------------------------------------------------------------------------------------- CLI
@@ -525,6 +571,25 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["snr_db=-5,15", "p_background=0.6"]`` → Recipe keyword arguments of the right types."""
+    fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields or key == "epochs":
+            raise SystemExit(f"--set {item!r}: need FIELD=VALUE with FIELD one of {sorted(fields)}")
+        default = getattr(Recipe, key)
+        try:
+            if isinstance(default, tuple):
+                out[key] = tuple(float(v) for v in value.split(","))
+            else:
+                out[key] = type(default)(value)
+        except ValueError as e:
+            raise SystemExit(f"--set {item!r}: {e}") from e
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m models.audio.train", description=__doc__.split("\n")[0]
@@ -534,6 +599,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=Recipe.epochs)
     p.add_argument("--data", type=Path, default=None, help="ESC-50 folder (esc50.data_dir())")
     p.add_argument("--unseen-eval", action="store_true", help="also the unseen-class evaluation")
+    p.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 1)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="with --unseen-eval: train the 3 fold models in this many worker processes "
+        "(forked, --threads each) alongside the main model; same results",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a Recipe field (exploration), e.g. --set p_background=0.6",
+    )
     return p.parse_args(argv)
 
 
@@ -541,22 +621,34 @@ def main(argv: list[str] | None = None) -> dict:
     """Train, calibrate, evaluate and save; return the metrics written to ``<out>.json``."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(THREADS)
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
-    r = Recipe(epochs=args.epochs)
+    r = Recipe(epochs=args.epochs, **parse_overrides(args.set))
     parts = esc50.split(esc50.read_meta(args.data))
     cache: dict[Path, np.ndarray] = {}
-    sets = {name: load_set(parts[name], cache) for name in esc50.SPLITS}
+    sets = {name: load_set(parts[name], cache, pad=r.pad_frames if name == "train" else 0)
+            for name in esc50.SPLITS}  # fmt: skip
+    pool = None
+    if args.unseen_eval and args.jobs > 1:  # folds start now, in forked workers (cache filled)
+        ctx = multiprocessing.get_context("fork")
+        pool = ProcessPoolExecutor(max_workers=min(args.jobs, 3), mp_context=ctx)
+        folds = [pool.submit(unseen_fold, parts, cache, r, args.seed, k, args.threads)
+                 for k in range(3)]  # fmt: skip
     model, hist = train_model(sets["train"], sets["val"], r, args.seed)
     temperature, platt = calibrate(model, sets["val"])
     results = {"splits": evaluate(model, sets, temperature, platt)}
     train_seconds = time.perf_counter() - t0
     command = f"python -m models.audio.train --seed {args.seed} --epochs {args.epochs}"
+    if args.threads != THREADS:
+        command += f" --threads {args.threads}"
+    command += "".join(f" --set {kv}" for kv in args.set)
     if args.out.resolve() != WEIGHTS:
         command += f" --out {args.out}"
     info = {
-        "seed": args.seed, "command": command, "threads": THREADS, "torch": str(torch.__version__),
+        "seed": args.seed, "command": command, "threads": args.threads, "torch": str(torch.__version__),
         "clips": {k: len(v) for k, v in sets.items()},
         "classes_in_train": len(set(sets["train"].target.tolist())),
         "recipe": asdict(r), "best_epoch": hist["best_epoch"], "seconds": round(train_seconds, 1),
@@ -565,7 +657,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.save(checkpoint(model, temperature, platt, info), args.out)
     results["inference"] = benchmark(model)
     if args.unseen_eval:
-        results["unseen"] = unseen_eval(parts, cache, r, args.seed)
+        if pool is not None:
+            results["unseen"] = unseen_summary([f.result() for f in folds])
+            pool.shutdown()
+        else:
+            results["unseen"] = unseen_eval(parts, cache, r, args.seed)
         info["command"] += " --unseen-eval"
     results.update(
         train=info, temperature=temperature, platt=list(platt), history=hist["history"],
