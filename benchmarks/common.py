@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ def git_state() -> dict[str, Any] | None:
         return None
 
 
-def write_json(path: str | Path, doc: dict[str, Any]) -> None:
-    """Write a benchmark result as indented JSON, creating its folder; say where on stdout."""
+def write_json(path: str | Path, doc: dict[str, Any], *, default: Any = None) -> None:
+    """Write a benchmark result as indented JSON, creating its folder; say where on stderr (stdout
+    is the benchmark's table)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {path}")
+    path.write_text(json.dumps(doc, indent=1, default=default) + "\n", encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)

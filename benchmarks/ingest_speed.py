@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.common import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "ingest_speed.json"
 
@@ -174,8 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.live_cost import live_figures
 
         doc["live"] = live_figures(media)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
+    write_json(RESULTS, doc)
     _table(doc)
 
 

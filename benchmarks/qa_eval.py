@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import git_state  # noqa: E402
+from benchmarks.common import git_state, write_json  # noqa: E402
 from benchmarks.soundscapes import Soundscape, build_soundscape  # noqa: E402
 from models.audio.esc50 import DEFAULT_TRIGGERS  # noqa: E402
 
@@ -481,9 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         print(diagnose(qa, wrong_only=args.diagnose == "wrong"), file=sys.stderr)
     doc = {"command": "python benchmarks/qa_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "git": git_state(), "args": vars(args), "load": load(), "targets": TARGETS, "qa": qa, "http": http}  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    write_json(args.out, doc, default=str)
     print(format_table(doc))
     return 0
 

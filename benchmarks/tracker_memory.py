@@ -23,7 +23,6 @@ tracks kept. The pass criterion: RSS at the end within ``FLAT_MB`` of RSS at min
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -37,6 +36,8 @@ if __name__ == "__main__" and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+
+from benchmarks.common import write_json  # noqa: E402
 
 FLAT_MB = 32.0  # allowed growth of RSS from minute 1 to the end
 COLOURS = ((220, 40, 40), (40, 200, 60), (40, 60, 220), (220, 200, 40))
@@ -163,9 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{r['load_avg_1min']:>6.1f}")  # fmt: skip
     doc = {"command": " ".join(["python", *(sys.argv if argv is None else ["tracker_memory.py", *argv])]),
            "flat_mb": FLAT_MB, "results": results}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_json(args.out, doc)
     return 0 if all(r["flat"] for r in results) else 1
 
 

@@ -42,7 +42,6 @@ if __name__ == "__main__":  # one core, set before numpy/torch/numba start their
         sys.path.insert(0, str(REPO))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
@@ -52,7 +51,7 @@ from typing import Any, NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import git_state  # noqa: E402
+from benchmarks.common import git_state, write_json  # noqa: E402
 from benchmarks.soundscapes import SAMPLE_RATE, Soundscape, TruthEvent  # noqa: E402
 from pipeline.types import AudioChunk, CaptureWindow, TriggerEvent, TriggerState  # noqa: E402
 
@@ -504,9 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": cfg.model_dump(mode="json"), "targets": TARGETS, "tol_s": TOL_S,
         "pooled": pooled, "classifier": classifier, "soundscapes": results,
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_json(args.out, doc)
     return 0
 
 

@@ -32,9 +32,9 @@ if __name__ == "__main__":  # one core, as in trigger_eval
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import itertools  # noqa: E402
-import json  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
+from benchmarks.common import write_json  # noqa: E402
 from benchmarks.trigger_eval import TARGETS, passes, pool, run_policy, score  # noqa: E402
 
 SLOW = ("drinking_sipping", "toilet_flush", "brushing_teeth")
@@ -144,9 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = {"command": " ".join(["python", *sys.argv]), "split": "val", "targets": TARGETS,
            "weights": str(args.weights) if args.weights else None, "grid": GRID,
            "rows": rows, "chosen": best}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_json(args.out, doc)
     return 0
 
 

@@ -30,7 +30,6 @@ Prints a table (stdout), writes JSON. DAVIS is CC BY-NC 4.0: results are for non
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -49,7 +48,7 @@ if __name__ == "__main__" and str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.common import git_state  # noqa: E402
+from benchmarks.common import git_state, write_json  # noqa: E402
 
 logger = logging.getLogger("benchmarks.vos_eval")
 
@@ -324,9 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "presets": results, "sam_hq": sam,
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_json(args.out, doc)
     return 0
 
 
