@@ -4,11 +4,16 @@ A sound is remembered twice over: in the audio event log (every detected sound, 
 "when did the dog bark?" works although barking does not trigger capture) and in the episode
 that captured it. The trigger detector also cuts one acoustic event into several sounds (at its
 quiet moments: a clock's beeps, a flush's gurgles), and may label the later pieces differently
-(the tail of a flush heard as "can_opening"). So a *happening* is a chain of sounds of one
-source each starting at most :data:`CHAIN_GAP_S` after the previous one ended; it is named by
-its onset (the first sound with a specific label), which is when the classifier hears the
-event's characteristic attack. A sound continuing a chain is part of that happening, whatever
-its label: it is not counted again, and not as another kind of happening.
+(the tail of a flush heard as "keyboard_typing"). So a *happening* is a chain of sounds of one
+source, each continuing an earlier one (:func:`continues`): a sound of the same label starting at
+most :data:`SAME_GAP_S` after it ended (a pause inside one sound), or a sound of another label
+following it at once (at most :data:`CROSS_GAP_S`) and starting at most :data:`CROSS_ONSET_S` after
+it began (a relabelled tail; a new sound right after a long one is a new happening: a can opened
+1.2 s after the glass broke). A happening is named by its onset (the first sound with a specific
+label), when the classifier hears the event's characteristic attack. A sound continuing a chain
+is part of that happening: it is not counted again, and not as another kind of happening. Only
+when a label the question names was heard *nowhere but* inside other happenings are those sounds
+reported, marked as part of another sound (:attr:`Happening.within`): memory is never hidden.
 
 Each happening is tied to the episode whose capture window holds its onset, when one does, so
 the evidence still shows keyframes and the clip; otherwise it is a sound-only happening
@@ -17,6 +22,7 @@ the evidence still shows keyframes and the clip; otherwise it is a sound-only ha
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -34,7 +40,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHAIN_GAP_S = 1.5  # a sound starting at most this long after the previous one ended continues it
+SAME_GAP_S = 2.5  # a sound of the same label starting at most this long after one ended continues it
+CROSS_GAP_S = 0.5  # a sound of another label continues one only when it follows at most this long
+CROSS_ONSET_S = 3.0  # ... after it ended, and starts at most this long after it began
 DUPLICATE_S = 0.05  # the same sound in the log and in an episode (same label, same onset)
 GENERIC_LABELS = ("sound", "interaction", "")  # no class: never names a happening, never chains
 MAX_SEEDS = 5000  # sounds examined per question (the count says "at least" beyond)
@@ -44,12 +52,14 @@ MAX_SEEDS = 5000  # sounds examined per question (the count says "at least" beyo
 class Happening:
     """One occurrence: its onset sound (label, score, onset ``t_start``, media s) on ``source``,
     the episode holding the onset (or None: heard, not captured), and that episode's wall clock
-    at the onset (live sources)."""
+    at the onset (live sources). ``within``: not a happening of its own but a sound heard inside
+    the happening begun by that sound (reported only when nothing else names the label)."""
 
     source: str
     sound: SoundRecord
     episode_id: int | None
     wall: float | None
+    within: SoundRecord | None = None  # heard only as part of the happening begun by this sound
 
     @property
     def key(self) -> tuple[float, float]:
@@ -65,6 +75,15 @@ class Happening:
         """A :class:`Ref` for before/after: ``t_end`` (the chain's end) bounds what continues it."""
         end = self.sound.t_end if t_end is None else t_end
         return Ref(self.episode_id or 0, self.source, self.sound.t_start, end, self.wall)
+
+
+def continues(prev: SoundRecord, s: SoundRecord) -> bool:
+    """Does ``s`` (of the same source, starting after ``prev`` began) continue ``prev``'s chain?"""
+    if prev.label in GENERIC_LABELS or s.t_start <= prev.t_start:
+        return False
+    if prev.label == s.label:
+        return s.t_start - prev.t_end <= SAME_GAP_S
+    return s.t_start - prev.t_end <= CROSS_GAP_S and s.t_start - prev.t_start <= CROSS_ONSET_S
 
 
 def label_matches(label: str, words: Sequence[str]) -> bool:
@@ -146,26 +165,32 @@ def _log_seeds(store: StoreReader, labels: Sequence[str], flt: dict[str, Any]) -
             for r in _rows(store, sql, [*params, MAX_SEEDS])]  # fmt: skip
 
 
+_CONTINUES = ("{start} < k.value ->> '$[1]' AND {label} NOT IN (SELECT value FROM json_each(?)) "
+              "AND (({label} = k.value ->> '$[2]' AND {end} >= k.value ->> '$[1]' - ?) "
+              "OR ({label} != k.value ->> '$[2]' AND {end} >= k.value ->> '$[1]' - ? "
+              "AND {start} >= k.value ->> '$[1]' - ?))")  # fmt: skip
+
+
 def _continuing(store: StoreReader, seeds: Sequence[_Seed], longest: float) -> set[int]:
-    """Indexes of ``seeds`` that continue an earlier sound of their source (log or episode): a
-    specific-label sound that began before them and ended at most CHAIN_GAP_S before them."""
+    """Indexes of ``seeds`` that continue an earlier sound of their source, in the log or in an
+    episode (:func:`continues`, in SQL)."""
     if not seeds:
         return set()
     span = max_span_s(store)
-    generic = json.dumps(list(GENERIC_LABELS))
+    rule = [json.dumps(list(GENERIC_LABELS)), SAME_GAP_S, CROSS_GAP_S, CROSS_ONSET_S]
     log_pred = ("EXISTS (SELECT 1 FROM sounds p WHERE p.source = k.value ->> '$[0]' "
-                "AND p.t_start < k.value ->> '$[1]' AND p.t_start >= k.value ->> '$[1]' - ? "
-                "AND p.t_end >= k.value ->> '$[1]' - ? AND p.label NOT IN (SELECT value FROM json_each(?)))"
+                "AND p.t_start >= k.value ->> '$[1]' - ? AND "
+                + _CONTINUES.format(label="p.label", start="p.t_start", end="p.t_end") + ")"
                 if longest > 0 else "0")  # fmt: skip
     ep_pred = ("EXISTS (SELECT 1 FROM episodes p, json_each(p.sounds) j WHERE p.source = k.value ->> '$[0]' "
                "AND p.t_start <= k.value ->> '$[1]' AND p.t_start >= k.value ->> '$[1]' - ? "
-               "AND p.t_end >= k.value ->> '$[1]' - ? "
-               "AND j.value ->> '$.t_start' < k.value ->> '$[1]' AND j.value ->> '$.t_end' >= k.value ->> '$[1]' - ? "
-               "AND j.value ->> '$.label' NOT IN (SELECT value FROM json_each(?)))")  # fmt: skip
-    params: list[Any] = [json.dumps([[s.source, s.sound.t_start] for s in seeds])]
+               "AND p.t_end >= k.value ->> '$[1]' - ? AND "
+               + _CONTINUES.format(label="j.value ->> '$.label'", start="j.value ->> '$.t_start'",
+                                   end="j.value ->> '$.t_end'") + ")")  # fmt: skip
+    params: list[Any] = [json.dumps([[s.source, s.sound.t_start, s.sound.label] for s in seeds])]
     if longest > 0:
-        params += [longest + CHAIN_GAP_S, CHAIN_GAP_S, generic]
-    params += [span + CHAIN_GAP_S, CHAIN_GAP_S, CHAIN_GAP_S, generic]
+        params += [longest + SAME_GAP_S, *rule]
+    params += [span + SAME_GAP_S, SAME_GAP_S, *rule]
     sql = f"SELECT k.key FROM json_each(?) k WHERE {log_pred} OR {ep_pred}"
     return {int(r[0]) for r in _rows(store, sql, params)}
 
@@ -239,20 +264,32 @@ def find(
     named, longest = _log_summary(store)
     named = [x for x in named if (x in labels if labels else label_matches(x, words))] if log else []
     if which is not None and not named:  # episodes only: page through them, stop at the first
-        return _first_or_last(store, cand, words, labels, flt or {}, which, longest, keep)
-    rows = _episode_rows(store, cand)
-    if not rows and not named:
-        return []  # no candidate at all: nothing happened (the episode path would find none)
-    seeds = _seeds_of(rows, words, labels)
-    if named:
-        seeds += _log_seeds(store, named, flt or {})
-    return _onsets(store, seeds, flt or {}, longest, keep)
+        got = _first_or_last(store, cand, words, labels, flt or {}, which, longest, keep)
+    else:
+        rows = _episode_rows(store, cand)
+        if not rows and not named:
+            return []  # no candidate at all: nothing happened (the episode path would find none)
+        seeds = _seeds_of(rows, words, labels)
+        if named:
+            seeds += _log_seeds(store, named, flt or {})
+        got = _onsets(store, seeds, flt or {}, longest, keep)
+    if got is None:
+        return None
+    found, inside = got
+    if found or not inside:
+        return found
+    # the label was heard, but only inside other happenings: say so rather than hide it
+    return [dataclasses.replace(h, within=chain_onset(store, h)) for h in inside]
+
+
+Split = tuple[list[Happening], list[Happening]]  # (happenings, sounds heard inside others)
 
 
 def _onsets(
     store: StoreReader, seeds: list[_Seed], flt: dict[str, Any], longest: float, keep: Keep | None
-) -> list[Happening] | None:
-    """The happenings begun by ``seeds`` (None when no seed names a sound), chronological."""
+) -> Split | None:
+    """The happenings begun by ``seeds`` and the seeds continuing other happenings (None when no
+    seed names a sound), each chronological and passed through ``keep``."""
     lo, hi = flt.get("since"), flt.get("until")
     seeds = [s for s in seeds if s.sound.label not in GENERIC_LABELS
              and (lo is None or s.sound.t_end >= lo) and (hi is None or s.sound.t_start <= hi)]  # fmt: skip
@@ -260,9 +297,12 @@ def _onsets(
         return None
     seeds = _dedup(seeds)
     cont = _continuing(store, seeds, longest)
-    onsets = _tie(store, [s for i, s in enumerate(seeds) if i not in cont])
-    found = sorted((Happening(s.source, s.sound, s.episode_id, s.wall) for s in onsets), key=lambda h: h.key)
-    return keep(found) if keep is not None else found
+    out = []
+    for part in ([s for i, s in enumerate(seeds) if i not in cont], [seeds[i] for i in sorted(cont)]):
+        hs = sorted((Happening(s.source, s.sound, s.episode_id, s.wall) for s in _tie(store, part)),
+                    key=lambda h: h.key)  # fmt: skip
+        out.append(keep(hs) if keep is not None else hs)
+    return out[0], out[1]
 
 
 PAGE = 64  # episodes examined at a time for a first / last happening
@@ -277,21 +317,26 @@ def _first_or_last(
     which: Literal["first", "last"],
     longest: float,
     keep: Keep | None,
-) -> list[Happening] | None:
-    """The first (last) happening among the candidate episodes, a page of them at a time."""
+) -> Split | None:
+    """The first (last) happening among the candidate episodes, a page of them at a time (else
+    the first (last) sound heard inside another happening)."""
     sql = ("SELECT e.id, e.source, e.t_start, e.wall_start, e.sounds FROM episodes e "
            "WHERE e.id IN (SELECT value FROM json_each(?))")  # fmt: skip
-    any_seed = False
+    any_seed, inside = False, []
+    pick = (lambda hs: hs[:1]) if which == "first" else (lambda hs: hs[-1:])  # noqa: E731
     for offset in range(0, MAX_SEEDS, PAGE):
         page = refs(store, cand, order="asc" if which == "first" else "desc", limit=PAGE, offset=offset)
         if not page:
-            return [] if offset == 0 else ([] if any_seed else None)
+            break
         rows = _rows(store, sql, [json.dumps([r.episode_id for r in page])])
-        found = _onsets(store, _seeds_of(rows, words, labels), flt, longest, keep)
-        any_seed = any_seed or found is not None
-        if found:
-            return found[:1] if which == "first" else found[-1:]
-    return [] if any_seed else None
+        got = _onsets(store, _seeds_of(rows, words, labels), flt, longest, keep)
+        if got is None:
+            continue
+        any_seed = True
+        if got[0]:
+            return pick(got[0]), []
+        inside = inside or pick(got[1])
+    return ([], inside) if any_seed or offset == 0 else None
 
 
 def beyond(
@@ -313,22 +358,40 @@ def beyond(
             and h.sound.t_start < t0]  # fmt: skip
 
 
+def _sounds_near(store: StoreReader, source: str, lo: float, hi: float) -> list[SoundRecord]:
+    """The specific-label sounds of ``source`` starting in [lo, hi] (log and episodes, each once)."""
+    sql_log = ("SELECT label, score, t_start, t_end FROM sounds WHERE source = ? AND t_start >= ? "
+               "AND t_start <= ? AND label NOT IN (SELECT value FROM json_each(?))")  # fmt: skip
+    sql_eps = ("SELECT j.value ->> '$.label', j.value ->> '$.score', j.value ->> '$.t_start', "
+               "j.value ->> '$.t_end' FROM episodes e, json_each(e.sounds) j "
+               "WHERE e.source = ? AND e.t_start >= ? AND e.t_start <= ? AND j.value ->> '$.t_start' >= ? "
+               "AND j.value ->> '$.t_start' <= ? AND j.value ->> '$.label' NOT IN (SELECT value FROM json_each(?))")  # fmt: skip
+    generic = json.dumps(list(GENERIC_LABELS))
+    rows = _rows(store, sql_log, [source, lo, hi, generic]) if has_table(store, "sounds") else []
+    rows += _rows(store, sql_eps, [source, lo - max_span_s(store), hi, lo, hi, generic])
+    got = {(str(r[0]), round(float(r[2]), 3)): SoundRecord(str(r[0]), float(r[1]), float(r[2]), float(r[3]))
+           for r in rows}  # fmt: skip
+    return sorted(got.values(), key=lambda x: (x.t_start, x.t_end))
+
+
 def chain_end(store: StoreReader, h: Happening, *, horizon_s: float = 600.0) -> float:
     """When the chain of sounds begun by ``h`` ends (its last sound's end, media s)."""
-    t0 = h.sound.t_start
-    sql_log = ("SELECT t_start, t_end FROM sounds WHERE source = ? AND t_start >= ? AND t_start <= ? "
-               "AND label NOT IN (SELECT value FROM json_each(?))")  # fmt: skip
-    sql_eps = ("SELECT j.value ->> '$.t_start', j.value ->> '$.t_end' FROM episodes e, json_each(e.sounds) j "
-               "WHERE e.source = ? AND e.t_start >= ? AND e.t_start <= ? AND j.value ->> '$.t_start' >= ? "
-               "AND j.value ->> '$.label' NOT IN (SELECT value FROM json_each(?))")  # fmt: skip
-    generic = json.dumps(list(GENERIC_LABELS))
-    spans = []
-    if has_table(store, "sounds"):
-        spans += _rows(store, sql_log, [h.source, t0, t0 + horizon_s, generic])
-    spans += _rows(store, sql_eps, [h.source, t0 - max_span_s(store), t0 + horizon_s, t0, generic])
-    end = h.sound.t_end
-    for a, b in sorted((float(a), float(b)) for a, b in spans):
-        if a > end + CHAIN_GAP_S:
+    chain, end = [h.sound], h.sound.t_end
+    for s in _sounds_near(store, h.source, h.sound.t_start, h.sound.t_start + horizon_s):
+        if s.t_start > end + SAME_GAP_S:
             break
-        end = max(end, b)
+        if any(continues(p, s) for p in chain):
+            chain.append(s)
+            end = max(end, s.t_end)
     return end
+
+
+def chain_onset(store: StoreReader, h: Happening, *, horizon_s: float = 120.0) -> SoundRecord:
+    """The onset of the happening that ``h``'s sound continues (itself when it begins one)."""
+    onset: dict[SoundRecord, SoundRecord] = {}
+    near = _sounds_near(store, h.source, h.sound.t_start - horizon_s, h.sound.t_start)
+    for i, s in enumerate(near):
+        prev = [p for p in near[:i] if continues(p, s)]
+        onset[s] = onset[prev[-1]] if prev else s
+    same = [s for s in near if s.label == h.sound.label and abs(s.t_start - h.sound.t_start) <= DUPLICATE_S]
+    return onset[same[-1]] if same else h.sound

@@ -7,6 +7,7 @@ episode id is read from an episode cited in its evidence; nothing is invented.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -87,6 +88,16 @@ def listed(
 def _words(q: Question) -> tuple[str, ...]:
     """The words naming what is asked about (a structured query's labels count too)."""
     return q.keywords or tuple(w for label in q.labels for w in tokenize(label))
+
+
+def _stated(ep: Episode, h: Happening) -> str:
+    """``describe`` of a happening's item; a sound heard inside another happening names it:
+    ``"pouring_water at 0:19.7 within can_opening from 0:18.0 (episode 4: ...)"``."""
+    if h.within is None:
+        return describe(ep, at=h.sound.t_start)
+    text = describe(dataclasses.replace(ep, labels=(h.sound.label,)), at=h.sound.t_start)
+    head, _, tail = text.partition(" (")
+    return f"{head} within {h.within.label} from {format_time(h.within.t_start)} ({tail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,12 +226,18 @@ class Reasoner:
         shown = found[: MAX_EVIDENCE if q.intent is Intent.COUNT else k]
         eps = {e.episode_id: e for e in self.store.get_many([h.episode_id for h in shown if h.episode_id])}
         items = [(eps[h.episode_id] if h.episode_id in eps else h.as_episode(), h) for h in shown]
-        text_ = "; ".join(describe(ep, at=h.sound.t_start) for ep, h in items[:k])
+        text_ = "; ".join(_stated(ep, h) for ep, h in items[:k])
         if total > min(k, len(items)):
             text_ += f"; and {total - min(k, len(items))} more"
         hits = [EpisodeHit(ep, round(h.sound.score, 4)) for ep, h in items]
         if anchor is not None:
             hits.append(EpisodeHit(anchor.episode, 0.0))
+        if found[0].within is not None:  # heard only inside other happenings: never hidden
+            label, noun = found[0].sound.label, "time" if total == 1 else "times"
+            head = (f"{label}: 0 times on its own{rel}; heard {total} {noun} as part of other sounds"
+                    if q.intent is Intent.COUNT else
+                    f"{label} was heard only as part of other sounds, never on its own{rel}")  # fmt: skip
+            return Answer(True, f"{head}: {text_}.", tuple(hits))
         if q.intent is Intent.COUNT:
             what = Counter(h.sound.label for h in found).most_common(1)[0][0]
             noun = "time" if total == 1 else "times"
