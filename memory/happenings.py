@@ -5,15 +5,18 @@ A sound is remembered twice over: in the audio event log (every detected sound, 
 that captured it. The trigger detector also cuts one acoustic event into several sounds (at its
 quiet moments: a clock's beeps, a flush's gurgles), and may label the later pieces differently
 (the tail of a flush heard as "keyboard_typing"). So a *happening* is a chain of sounds of one
-source, each continuing an earlier one (:func:`continues`): a sound of the same label starting at
-most :data:`SAME_GAP_S` after it ended (a pause inside one sound), or a sound of another label
-following it at once (at most :data:`CROSS_GAP_S`) and starting at most :data:`CROSS_ONSET_S` after
-it began (a relabelled tail; a new sound right after a long one is a new happening: a can opened
-1.2 s after the glass broke). A happening is named by its onset (the first sound with a specific
-label), when the classifier hears the event's characteristic attack. A sound continuing a chain
-is part of that happening: it is not counted again, and not as another kind of happening. Only
-when a label the question names was heard *nowhere but* inside other happenings are those sounds
-reported, marked as part of another sound (:attr:`Happening.within`): memory is never hidden.
+source, each continuing an earlier one (:func:`continues`): a sound of the happening's own label
+(its onset's) starting at most :data:`SAME_GAP_S` after the previous sound ended (a pause inside
+one sound), or a sound of another label following at once (at most :data:`CROSS_GAP_S`) while
+the happening is young (at most :data:`CROSS_ONSET_S` after its onset: a relabelled tail). A new
+sound right after a long one is a new happening (the demo's can, opened 1.2 s after the glass's
+last piece), and so is a sound of the label a relabelled tail carried (clapping heard 1.9 s after
+a flush's tail was heard as clapping). A happening is named by its onset (the first sound with a
+specific label), when the classifier hears the event's characteristic attack. A sound continuing
+a chain is part of that happening: it is not counted again, and not as another kind of happening.
+Only when a label the question names was heard *nowhere but* inside other happenings are those
+sounds reported, marked as part of another sound (:attr:`Happening.within`): memory is never
+hidden.
 
 Each happening is tied to the episode whose capture window holds its onset, when one does, so
 the evidence still shows keyframes and the clip; otherwise it is a sound-only happening
@@ -40,9 +43,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SAME_GAP_S = 2.5  # a sound of the same label starting at most this long after one ended continues it
-CROSS_GAP_S = 0.5  # a sound of another label continues one only when it follows at most this long
-CROSS_ONSET_S = 3.0  # ... after it ended, and starts at most this long after it began
+SAME_GAP_S = 2.0  # a sound of the happening's label continues it across a pause this long (s)
+CROSS_GAP_S = 0.5  # a sound of another label continues it only when it follows this soon (s)
+CROSS_ONSET_S = 3.0  # ... and starts at most this long after the happening's onset (s)
+LOOKBACK_S = 30.0  # how far back the chain of a sound is followed (s)
 DUPLICATE_S = 0.05  # the same sound in the log and in an episode (same label, same onset)
 GENERIC_LABELS = ("sound", "interaction", "")  # no class: never names a happening, never chains
 MAX_SEEDS = 5000  # sounds examined per question (the count says "at least" beyond)
@@ -77,13 +81,28 @@ class Happening:
         return Ref(self.episode_id or 0, self.source, self.sound.t_start, end, self.wall)
 
 
-def continues(prev: SoundRecord, s: SoundRecord) -> bool:
-    """Does ``s`` (of the same source, starting after ``prev`` began) continue ``prev``'s chain?"""
+def continues(prev: SoundRecord, s: SoundRecord, onset: SoundRecord) -> bool:
+    """Does ``s`` continue the happening begun by ``onset`` whose latest sound is ``prev`` (all
+    of one source)?"""
     if prev.label in GENERIC_LABELS or s.t_start <= prev.t_start:
         return False
-    if prev.label == s.label:
-        return s.t_start - prev.t_end <= SAME_GAP_S
-    return s.t_start - prev.t_end <= CROSS_GAP_S and s.t_start - prev.t_start <= CROSS_ONSET_S
+    gap = s.t_start - prev.t_end
+    if s.label == onset.label:
+        return gap <= SAME_GAP_S
+    return gap <= CROSS_GAP_S and s.t_start - onset.t_start <= CROSS_ONSET_S
+
+
+def onsets_of(sounds: Sequence[SoundRecord]) -> list[SoundRecord]:
+    """The onset of the happening each of ``sounds`` (one source, sorted by start) belongs to
+    (the sound itself when it begins one)."""
+    onset: list[SoundRecord] = []
+    for i, s in enumerate(sounds):
+        j = i - 1  # the latest earlier sound it continues (none begins more than LOOKBACK_S before)
+        while j >= 0 and sounds[j].t_start >= s.t_start - LOOKBACK_S and not continues(sounds[j], s, onset[j]):
+            j -= 1
+        ok = j >= 0 and sounds[j].t_start >= s.t_start - LOOKBACK_S
+        onset.append(onset[j] if ok else s)
+    return onset
 
 
 def label_matches(label: str, words: Sequence[str]) -> bool:
@@ -165,34 +184,36 @@ def _log_seeds(store: StoreReader, labels: Sequence[str], flt: dict[str, Any]) -
             for r in _rows(store, sql, [*params, MAX_SEEDS])]  # fmt: skip
 
 
-_CONTINUES = ("{start} < k.value ->> '$[1]' AND {label} NOT IN (SELECT value FROM json_each(?)) "
-              "AND (({label} = k.value ->> '$[2]' AND {end} >= k.value ->> '$[1]' - ?) "
-              "OR ({label} != k.value ->> '$[2]' AND {end} >= k.value ->> '$[1]' - ? "
-              "AND {start} >= k.value ->> '$[1]' - ?))")  # fmt: skip
-
-
 def _continuing(store: StoreReader, seeds: Sequence[_Seed], longest: float) -> set[int]:
-    """Indexes of ``seeds`` that continue an earlier sound of their source, in the log or in an
-    episode (:func:`continues`, in SQL)."""
+    """Indexes of ``seeds`` that continue an earlier sound of their source (log or episodes):
+    :func:`onsets_of` over the sounds of the :data:`LOOKBACK_S` before each seed."""
     if not seeds:
         return set()
-    span = max_span_s(store)
-    rule = [json.dumps(list(GENERIC_LABELS)), SAME_GAP_S, CROSS_GAP_S, CROSS_ONSET_S]
-    log_pred = ("EXISTS (SELECT 1 FROM sounds p WHERE p.source = k.value ->> '$[0]' "
-                "AND p.t_start >= k.value ->> '$[1]' - ? AND "
-                + _CONTINUES.format(label="p.label", start="p.t_start", end="p.t_end") + ")"
-                if longest > 0 else "0")  # fmt: skip
-    ep_pred = ("EXISTS (SELECT 1 FROM episodes p, json_each(p.sounds) j WHERE p.source = k.value ->> '$[0]' "
-               "AND p.t_start <= k.value ->> '$[1]' AND p.t_start >= k.value ->> '$[1]' - ? "
-               "AND p.t_end >= k.value ->> '$[1]' - ? AND "
-               + _CONTINUES.format(label="j.value ->> '$.label'", start="j.value ->> '$.t_start'",
-                                   end="j.value ->> '$.t_end'") + ")")  # fmt: skip
-    params: list[Any] = [json.dumps([[s.source, s.sound.t_start, s.sound.label] for s in seeds])]
-    if longest > 0:
-        params += [longest + SAME_GAP_S, *rule]
-    params += [span + SAME_GAP_S, SAME_GAP_S, *rule]
-    sql = f"SELECT k.key FROM json_each(?) k WHERE {log_pred} OR {ep_pred}"
-    return {int(r[0]) for r in _rows(store, sql, params)}
+    generic = json.dumps(list(GENERIC_LABELS))
+    log_sql = ("SELECT k.key, p.label, p.score, p.t_start, p.t_end FROM json_each(?) k, sounds p "
+               "WHERE p.source = k.value ->> '$[0]' AND p.t_start >= k.value ->> '$[1]' - ? "
+               "AND p.t_start < k.value ->> '$[1]' AND p.label NOT IN (SELECT value FROM json_each(?))")  # fmt: skip
+    ep_sql = ("SELECT k.key, j.value ->> '$.label', j.value ->> '$.score', j.value ->> '$.t_start', "
+              "j.value ->> '$.t_end' FROM json_each(?) k, episodes p, json_each(p.sounds) j "
+              "WHERE p.source = k.value ->> '$[0]' AND p.t_start <= k.value ->> '$[1]' "
+              "AND p.t_start >= k.value ->> '$[1]' - ? AND p.t_end >= k.value ->> '$[1]' - ? "
+              "AND j.value ->> '$.t_start' < k.value ->> '$[1]' AND j.value ->> '$.t_start' >= k.value ->> '$[1]' - ? "
+              "AND j.value ->> '$.label' NOT IN (SELECT value FROM json_each(?))")  # fmt: skip
+    keys = json.dumps([[s.source, s.sound.t_start] for s in seeds])
+    rows = _rows(store, log_sql, [keys, LOOKBACK_S, generic]) if longest > 0 else []
+    rows += _rows(store, ep_sql, [keys, max_span_s(store) + LOOKBACK_S, LOOKBACK_S, LOOKBACK_S, generic])
+    before: dict[int, dict[tuple[str, float], SoundRecord]] = {}
+    for key, label, score, t0, t1 in rows:
+        before.setdefault(int(key), {})[(str(label), round(float(t0), 2))] = SoundRecord(
+            str(label), float(score), float(t0), float(t1))  # fmt: skip
+    out = set()
+    for i, seed in enumerate(seeds):
+        if i not in before:
+            continue
+        near = sorted(before[i].values(), key=lambda x: (x.t_start, x.t_end))
+        if onsets_of([*near, seed.sound])[-1] is not seed.sound:
+            out.add(i)
+    return out
 
 
 def _dedup(seeds: list[_Seed]) -> list[_Seed]:
@@ -358,8 +379,34 @@ def beyond(
             and h.sound.t_start < t0]  # fmt: skip
 
 
+def chain_end(store: StoreReader, h: Happening, *, horizon_s: float = 600.0) -> float:
+    """When the chain of sounds begun by ``h`` ends (its last sound's end, media s)."""
+    t0 = h.sound.t_start
+    near = _sounds_near(store, h.source, t0, t0 + horizon_s)
+    near = [h.sound, *(s for s in near if not _same(s, h.sound))]
+    end = h.sound.t_end
+    for s, onset in zip(near, onsets_of(near)):
+        if s.t_start > end + SAME_GAP_S:
+            break
+        if onset is h.sound:
+            end = max(end, s.t_end)
+    return end
+
+
+def chain_onset(store: StoreReader, h: Happening) -> SoundRecord:
+    """The onset of the happening that ``h``'s sound continues (itself when it begins one)."""
+    near = _sounds_near(store, h.source, h.sound.t_start - LOOKBACK_S, h.sound.t_start)
+    near = [*(s for s in near if not _same(s, h.sound) and s.t_start < h.sound.t_start), h.sound]
+    return onsets_of(near)[-1]
+
+
+def _same(a: SoundRecord, b: SoundRecord) -> bool:
+    return a.label == b.label and abs(a.t_start - b.t_start) <= DUPLICATE_S
+
+
 def _sounds_near(store: StoreReader, source: str, lo: float, hi: float) -> list[SoundRecord]:
-    """The specific-label sounds of ``source`` starting in [lo, hi] (log and episodes, each once)."""
+    """The specific-label sounds of ``source`` starting in [lo, hi] (log and episodes, each
+    once), by start."""
     sql_log = ("SELECT label, score, t_start, t_end FROM sounds WHERE source = ? AND t_start >= ? "
                "AND t_start <= ? AND label NOT IN (SELECT value FROM json_each(?))")  # fmt: skip
     sql_eps = ("SELECT j.value ->> '$.label', j.value ->> '$.score', j.value ->> '$.t_start', "
@@ -369,29 +416,6 @@ def _sounds_near(store: StoreReader, source: str, lo: float, hi: float) -> list[
     generic = json.dumps(list(GENERIC_LABELS))
     rows = _rows(store, sql_log, [source, lo, hi, generic]) if has_table(store, "sounds") else []
     rows += _rows(store, sql_eps, [source, lo - max_span_s(store), hi, lo, hi, generic])
-    got = {(str(r[0]), round(float(r[2]), 3)): SoundRecord(str(r[0]), float(r[1]), float(r[2]), float(r[3]))
+    got = {(str(r[0]), round(float(r[2]), 2)): SoundRecord(str(r[0]), float(r[1]), float(r[2]), float(r[3]))
            for r in rows}  # fmt: skip
     return sorted(got.values(), key=lambda x: (x.t_start, x.t_end))
-
-
-def chain_end(store: StoreReader, h: Happening, *, horizon_s: float = 600.0) -> float:
-    """When the chain of sounds begun by ``h`` ends (its last sound's end, media s)."""
-    chain, end = [h.sound], h.sound.t_end
-    for s in _sounds_near(store, h.source, h.sound.t_start, h.sound.t_start + horizon_s):
-        if s.t_start > end + SAME_GAP_S:
-            break
-        if any(continues(p, s) for p in chain):
-            chain.append(s)
-            end = max(end, s.t_end)
-    return end
-
-
-def chain_onset(store: StoreReader, h: Happening, *, horizon_s: float = 120.0) -> SoundRecord:
-    """The onset of the happening that ``h``'s sound continues (itself when it begins one)."""
-    onset: dict[SoundRecord, SoundRecord] = {}
-    near = _sounds_near(store, h.source, h.sound.t_start - horizon_s, h.sound.t_start)
-    for i, s in enumerate(near):
-        prev = [p for p in near[:i] if continues(p, s)]
-        onset[s] = onset[prev[-1]] if prev else s
-    same = [s for s in near if s.label == h.sound.label and abs(s.t_start - h.sound.t_start) <= DUPLICATE_S]
-    return onset[same[-1]] if same else h.sound
