@@ -199,21 +199,41 @@ def _continuing(store: StoreReader, seeds: Sequence[_Seed], longest: float) -> s
               "AND p.t_start >= k.value ->> '$[1]' - ? AND p.t_end >= k.value ->> '$[1]' - ? "
               "AND j.value ->> '$.t_start' < k.value ->> '$[1]' AND j.value ->> '$.t_start' >= k.value ->> '$[1]' - ? "
               "AND j.value ->> '$.label' NOT IN (SELECT value FROM json_each(?))")  # fmt: skip
-    keys = json.dumps([[s.source, s.sound.t_start] for s in seeds])
+    close = _after_a_sound(store, seeds, longest)  # the others begin a happening, surely
+    keys = json.dumps([[seeds[i].source, seeds[i].sound.t_start] for i in close])
     rows = _rows(store, log_sql, [keys, LOOKBACK_S, generic]) if longest > 0 else []
     rows += _rows(store, ep_sql, [keys, max_span_s(store) + LOOKBACK_S, LOOKBACK_S, LOOKBACK_S, generic])
     before: dict[int, dict[tuple[str, float], SoundRecord]] = {}
     for key, label, score, t0, t1 in rows:
-        before.setdefault(int(key), {})[(str(label), round(float(t0), 2))] = SoundRecord(
+        before.setdefault(close[int(key)], {})[(str(label), round(float(t0), 2))] = SoundRecord(
             str(label), float(score), float(t0), float(t1))  # fmt: skip
     out = set()
-    for i, seed in enumerate(seeds):
-        if i not in before:
-            continue
-        near = sorted(before[i].values(), key=lambda x: (x.t_start, x.t_end))
-        if onsets_of([*near, seed.sound])[-1] is not seed.sound:
+    for i, near in before.items():
+        near_sorted = sorted(near.values(), key=lambda x: (x.t_start, x.t_end))
+        if onsets_of([*near_sorted, seeds[i].sound])[-1] is not seeds[i].sound:
             out.add(i)
     return out
+
+
+def _after_a_sound(store: StoreReader, seeds: Sequence[_Seed], longest: float) -> list[int]:
+    """Indexes of ``seeds`` with a specific-label sound ending at most SAME_GAP_S before them
+    (only those can continue a happening; one indexed probe each)."""
+    generic = json.dumps(list(GENERIC_LABELS))
+    log_pred = ("EXISTS (SELECT 1 FROM sounds p WHERE p.source = k.value ->> '$[0]' "
+                "AND p.t_start < k.value ->> '$[1]' AND p.t_start >= k.value ->> '$[1]' - ? "
+                "AND p.t_end >= k.value ->> '$[1]' - ? AND p.label NOT IN (SELECT value FROM json_each(?)))"
+                if longest > 0 else "0")  # fmt: skip
+    ep_pred = ("EXISTS (SELECT 1 FROM episodes p, json_each(p.sounds) j WHERE p.source = k.value ->> '$[0]' "
+               "AND p.t_start <= k.value ->> '$[1]' AND p.t_start >= k.value ->> '$[1]' - ? "
+               "AND p.t_end >= k.value ->> '$[1]' - ? AND j.value ->> '$.t_start' < k.value ->> '$[1]' "
+               "AND j.value ->> '$.t_end' >= k.value ->> '$[1]' - ? "
+               "AND j.value ->> '$.label' NOT IN (SELECT value FROM json_each(?)))")  # fmt: skip
+    params: list[Any] = [json.dumps([[s.source, s.sound.t_start] for s in seeds])]
+    if longest > 0:
+        params += [longest + SAME_GAP_S, SAME_GAP_S, generic]
+    params += [max_span_s(store) + SAME_GAP_S, SAME_GAP_S, SAME_GAP_S, generic]
+    sql = f"SELECT k.key FROM json_each(?) k WHERE {log_pred} OR {ep_pred}"
+    return sorted(int(r[0]) for r in _rows(store, sql, params))
 
 
 def _dedup(seeds: list[_Seed]) -> list[_Seed]:
