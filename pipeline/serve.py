@@ -28,8 +28,9 @@ from pipeline import __version__
 from pipeline.config import ServiceConfig
 from pipeline.errors import ConfigError, EideticError
 from pipeline.serve_events import EventBus, StoreWatcher, Webhooks
-from pipeline.serve_jobs import JobQueue, SourceRegistry
+from pipeline.serve_jobs import JobQueue
 from pipeline.serve_metrics import Metrics
+from pipeline.serve_sources import SourceRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,9 @@
-"""Work the HTTP service supervises: ingest jobs and live sources, each an ``eidetic ingest``
-subprocess (its own Ray, its own crash domain; SIGTERM stops it cleanly).
+"""Ingest jobs the HTTP service supervises, each an ``eidetic ingest`` subprocess (its own Ray,
+its own crash domain; SIGTERM stops it cleanly). Live sources: :mod:`pipeline.serve_sources`.
 
-The store has one writer at a time. A job that finds the store open for writing waits in the
-queue; a live source holds the writer while it runs (one live source per store until the
-ingest layer can share a writer). Jobs and sources are saved in the store directory
-(``jobs.json``, ``sources.json``) and survive restarts.
+The store has one writer at a time. A job that finds the store open for writing (by another
+job, or by the live sources' process) waits in the queue. Jobs are saved in the store directory
+(``jobs.json``) and survive restarts.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -22,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
-
 logger = logging.getLogger(__name__)
 
 JOBS_FILE = "jobs.json"
@@ -32,8 +28,6 @@ MAX_JOBS_KEPT = 200
 LOCKED_RETRY_S = 2.0
 STOP_TIMEOUT_S = 15.0
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DEVICE_PREFIXES = ("v4l2:", "alsa:", "pulse:")
 
 
 def _save(path: Path, doc: Any) -> None:
@@ -185,151 +179,3 @@ class JobQueue:
             job.state, job.error = "failed", _last_line(err)
         job.finished = time.time()
         self._changed(job)
-
-
-@dataclass
-class Source:
-    """A live source registered over the API (persisted); the status fields are not saved."""
-
-    name: str
-    url: str
-    added: float = field(default_factory=time.time)
-    state: str = "starting"
-    error: str | None = None
-    pid: int | None = None
-    restarts: int = 0
-    since: float | None = None
-
-    def saved(self) -> dict[str, Any]:
-        return {"name": self.name, "url": self.url, "added": self.added}
-
-
-class SourceRegistry:
-    """Live sources: kept in ``sources.json``, each supervised as an ingest subprocess that is
-    restarted with backoff when it stops."""
-
-    def __init__(self, store: Path, bus, *, config_path: str | None = None) -> None:
-        self.store = store
-        self.bus = bus
-        self.config_path = config_path
-        self.sources: dict[str, Source] = {}
-        self._procs: dict[str, subprocess.Popen] = {}
-        self._retry_at: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        for d in _load(store / SOURCES_FILE) or []:
-            self.sources[d["name"]] = Source(**d)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="live-sources", daemon=True)
-        self._thread.start()
-
-    def add(self, url: str, name: str | None = None) -> Source:
-        from pipeline.ingest import is_url
-
-        url = url.strip()
-        if not (is_url(url) or url.lower().startswith(DEVICE_PREFIXES)):
-            raise ConfigError(f"not a live source URL: {url!r} (rtsp://, rtmp://, http(s)://, "
-                              "tcp://, udp://, v4l2:, alsa:, pulse:); submit files to /v1/ingest")  # fmt: skip
-        name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", url.split("://")[-1]).strip("_.-")[:64]
-        if not NAME.match(name or ""):
-            raise ConfigError(f"bad source name {name!r}: 1-64 letters, digits, '_', '.', '-'")
-        with self._lock:
-            if name in self.sources:
-                raise ConfigError(f"a source named {name!r} exists; remove it first")
-            src = self.sources[name] = Source(name=name, url=url)
-            self._save()
-        self.bus.publish("source", **self.status(src))
-        return src
-
-    def remove(self, name: str) -> Source:
-        with self._lock:
-            src = self.sources.pop(name)
-            self._save()
-            proc = self._procs.pop(name, None)
-        if proc is not None:
-            _terminate(proc)
-        src.state = "removed"
-        self.bus.publish("source", **self.status(src))
-        return src
-
-    def status(self, src: Source) -> dict[str, Any]:
-        return asdict(src)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        with self._lock:
-            procs = list(self._procs.values())
-            self._procs.clear()
-        for proc in procs:
-            _terminate(proc)
-
-    def _log(self, src: Source, suffix: str = ".log") -> Path:
-        return self.store / "logs" / f"source-{src.name}{suffix}"
-
-    def _why(self, src: Source, ok: bool) -> str | None:
-        """The ingest's error: from its JSON report on stdout, else its last stderr line."""
-        try:
-            report = json.loads(self._log(src, ".json").read_text(encoding="utf-8"))
-            errors = [r["error"] for r in report.get("sources", []) if r.get("error")]
-            if errors or report.get("error"):
-                return f"{src.url}: {errors[0]}" if errors else str(report["error"])
-        except (OSError, ValueError, TypeError, KeyError):
-            pass
-        if ok:
-            return None
-        return _last_line(self._log(src).read_text(encoding="utf-8", errors="replace"))
-
-    def _save(self) -> None:
-        _save(self.store / SOURCES_FILE, [s.saved() for s in self.sources.values()])
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            with self._lock:
-                for src in list(self.sources.values()):
-                    self._supervise(src)
-
-    def _supervise(self, src: Source) -> None:
-        from pipeline import ingest
-
-        proc = self._procs.get(src.name)
-        if proc is not None and proc.poll() is None:
-            return
-        if proc is not None:  # it stopped: record why, retry later
-            self._procs.pop(src.name)
-            ok = proc.returncode == 0
-            src.state, src.error, src.pid = ("finished" if ok else "error"), self._why(src, ok), None
-            src.restarts += 1
-            delay = BACKOFF_S[min(src.restarts - 1, len(BACKOFF_S) - 1)]
-            self._retry_at[src.name] = time.monotonic() + delay
-            self.bus.publish("source", **self.status(src))
-            return
-        if src.url.lower().startswith(DEVICE_PREFIXES) and not getattr(ingest, "DEVICE_PREFIXES", ()):
-            if src.state != "unsupported":
-                src.state, src.error = "unsupported", "capture devices are not supported by this build"
-                self.bus.publish("source", **self.status(src))
-            return
-        if time.monotonic() < self._retry_at.get(src.name, 0.0):
-            return
-        cmd = ingest_command([src.url], self.store, self.config_path)
-        self._log(src).parent.mkdir(parents=True, exist_ok=True)
-        with (open(self._log(src), "w", encoding="utf-8") as log,  # the child keeps its handles
-              open(self._log(src, ".json"), "w", encoding="utf-8") as out):  # fmt: skip
-            proc = subprocess.Popen(cmd, stdout=out, stderr=log, text=True, stdin=subprocess.DEVNULL)
-        self._procs[src.name] = proc
-        src.state, src.pid, src.since = "running", proc.pid, time.time()
-        self.bus.publish("source", **self.status(src))
-
-
-def _terminate(proc: subprocess.Popen) -> None:
-    """SIGTERM (the ingest flushes and exits), then SIGKILL after STOP_TIMEOUT_S."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

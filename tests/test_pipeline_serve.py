@@ -343,6 +343,51 @@ def test_live_sources_persist_and_report_status(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_live_sources_write_through_one_writer(tmp_path):
+    """Two cameras at once (real ffmpeg TCP servers on loopback): both run in the server's one
+    live process and store their episodes through its one writer; removing one leaves the
+    other running; SIGTERM stores what they hold and exits cleanly."""
+    from tests.media import write_video
+    from tests.test_pipeline_live import _free_port, serve
+
+    media = {name: write_video(tmp_path / f"{name}.mp4", duration_s=45.0, clicks_at=at, gop=12)
+             for name, at in (("door", [3.0, 12.0]), ("desk", [5.0, 14.0]))}  # fmt: skip
+    ports = {name: _free_port() for name in media}
+    servers = {name: serve(media[name], ports[name]) for name in media}
+    root = build_store(tmp_path / "store")
+    proc, base = start(root)
+    urls = {name: f"tcp://127.0.0.1:{ports[name]}" for name in media}
+    try:
+        for name, url in urls.items():
+            assert httpx.post(base + "/v1/sources", json={"url": url, "name": name}).status_code == 201
+
+        def both_stored():
+            doc = httpx.get(base + "/v1/sources").json()
+            states = {s["name"]: s for s in doc["live"]}
+            assert all(s["state"] in ("starting", "running") for s in states.values()), states
+            stored = {r["source"]: r["episodes"] for r in doc["stored"]}
+            return all(stored.get(url, 0) >= 1 for url in urls.values()) and states
+
+        states = wait_for(both_stored, timeout=150)
+        assert {s["state"] for s in states.values()} == {"running"}
+        assert states["door"]["pid"] == states["desk"]["pid"]  # one process, one writer
+        assert httpx.delete(base + "/v1/sources/desk").json()["state"] == "removed"
+        time.sleep(3.0)
+        live = httpx.get(base + "/v1/sources").json()["live"]
+        assert [(s["name"], s["state"]) for s in live] == [("door", "running")]
+        r = httpx.post(base + "/v1/query", json={"text": "what happened?", "k": 20}).json()
+        assert {e["source"] for e in r["evidence"]} >= set(urls.values())
+    finally:
+        code = stop(proc)
+        for server in servers.values():
+            server.kill()
+            server.wait()
+    assert code == 0
+    with EpisodeStore(root) as st:  # the writer was released; nothing acknowledged was lost
+        assert {ep.source for ep in st.episodes(limit=100)} >= set(urls.values())
+
+
+@pytest.mark.slow
 def test_ingest_jobs_end_to_end(tmp_path, tiny_video):
     """Submit a real video (through the real pipeline) and a bad upload; poll to completion."""
     root = tmp_path / "empty-store"  # the server creates it

@@ -1,0 +1,235 @@
+"""The live sources of one ``eidetic serve``, run in one process through one store writer.
+
+The store has one writer. ``eidetic serve`` therefore runs all of its live sources in one child
+process (``python -m pipeline.serve_live --store DIR``): one Ray, one :class:`MemoryActor` that
+every source writes through, and per source the actors ``eidetic ingest URL`` would start
+(capture, trigger, perception). Sources come and go without disturbing the others. The child is
+its own crash domain: if it dies, the server restarts it and its sources.
+
+Protocol (JSON lines). stdin: ``{"op": "add", "name", "url"}``, ``{"op": "remove", "name"}``;
+end of input or SIGTERM stops every capture (open captures are stored) and exits. stdout:
+``{"event": "ready"}`` once Ray and the writer are up, ``{"event": "running", "name"}``,
+``{"event": "ended", "name", "report"}`` (the ``eidetic ingest --json`` report of that source:
+``report["error"]`` says why it stopped, None when it was asked to). Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ServiceConfig, load_config
+from pipeline.errors import EideticError
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.25
+STOP_TIMEOUT_S = 30.0  # how long stopped captures may take to store what they hold
+
+
+class StoreBusy(EideticError):
+    """The store could not be opened for writing (another process holds it)."""
+
+
+@dataclass
+class _Running:
+    name: str
+    url: str
+    actors: tuple
+    ref: Any
+    t0: float
+
+
+def _emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _failed(url: str, error: str) -> dict[str, Any]:
+    from pipeline.graph import _error_report
+
+    return _error_report(url, error)
+
+
+class LiveGroup:
+    """Live sources sharing one :class:`MemoryActor` (the store's single writer)."""
+
+    def __init__(self, cfg: ServiceConfig) -> None:
+        from pipeline.actors.memory_actor import MemoryActor
+
+        self.cfg = cfg
+        cfg.store.path.mkdir(parents=True, exist_ok=True)
+        self.memory = MemoryActor.remote(str(cfg.store.path.resolve()), cfg.memory, cfg.retention)
+        self.running: dict[str, _Running] = {}
+        self.index = 0
+
+    def check(self) -> None:
+        """Raise StoreBusy when the writer could not open the store (held elsewhere)."""
+        import ray
+
+        from pipeline.graph import _cause
+
+        try:
+            ray.get(self.memory.stats.remote())
+        except ray.exceptions.RayError as e:
+            raise StoreBusy(_cause(e)) from None
+
+    def add(self, name: str, url: str) -> None:
+        """Start capturing ``url`` as source ``name`` (stored under ``url``)."""
+        from pipeline.actors.ingest_actor import LiveIngestActor
+        from pipeline.actors.perception_actor import PerceptionActor
+        from pipeline.actors.trigger_actor import TriggerActor
+        from pipeline.sources import resolve
+
+        if name in self.running:
+            return
+        try:
+            spec = resolve(url, self.cfg.sources)
+            if not spec.live or spec.audio is not None:
+                raise EideticError(f"{url}: not a live source with its own audio")
+        except EideticError as e:
+            _emit("ended", name=name, report=_failed(url, str(e)))
+            return
+        stream_id = f"{self.index}:{name}"
+        self.index += 1
+        cfg = self.cfg
+        perception = PerceptionActor.remote(cfg.perception, self.memory, cfg.ray.max_in_flight)
+        trigger = TriggerActor.remote(stream_id, cfg.trigger, str(cfg.store.path))
+        actor = LiveIngestActor.remote(spec, stream_id, cfg)
+        ref = actor.run.remote(trigger, perception, self.memory)
+        self.running[name] = _Running(name, url, (actor, trigger, perception), ref, time.perf_counter())
+        _emit("running", name=name)
+
+    def remove(self, name: str) -> None:
+        """Ask ``name``'s capture to stop; it is reported ``ended`` once its captures are stored."""
+        run = self.running.get(name)
+        if run is not None:
+            run.actors[0].stop.remote()
+
+    def poll(self, timeout: float) -> None:
+        """Report the sources whose capture ended (stopped, failed, or gave up reconnecting)."""
+        import ray
+
+        if not self.running:
+            time.sleep(timeout)
+            return
+        refs = [r.ref for r in self.running.values()]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for run in [r for r in self.running.values() if r.ref in ready]:
+            self._ended(run)
+
+    def _ended(self, run: _Running) -> None:
+        import ray
+
+        from pipeline.graph import _cause
+
+        del self.running[run.name]
+        try:
+            report = {"source": run.url, **ray.get(run.ref)}
+            report.setdefault("error", None)
+        except ray.exceptions.RayError as e:
+            report = _failed(run.url, _cause(e))
+        report["wall_s"] = round(time.perf_counter() - run.t0, 3)
+        for actor in run.actors:
+            ray.kill(actor)
+        _emit("ended", name=run.name, report=report)
+
+    def close(self) -> None:
+        """Stop every capture, wait for what they hold to be stored, close the writer."""
+        import ray
+
+        for name in list(self.running):
+            self.remove(name)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self.running and time.monotonic() < deadline:
+            self.poll(POLL_S)
+        for run in list(self.running.values()):  # stuck: reported, not waited for
+            for actor in run.actors:
+                ray.kill(actor)
+            _emit("ended", name=run.name, report=_failed(run.url, "did not stop in time"))
+        self.running.clear()
+        ray.get(self.memory.close.remote())
+
+
+def _read_commands(q: queue.Queue) -> None:
+    """stdin lines → ``q`` (None at end of input)."""
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            q.put(json.loads(line))
+        except ValueError:
+            logger.error("ignoring a bad command line: %r", line[:200])
+    q.put(None)
+
+
+def serve_live(cfg: ServiceConfig, stop: threading.Event) -> None:
+    """Run live sources as commanded on stdin until end of input or ``stop``."""
+    from pipeline.graph import start_ray, stop_ray
+
+    commands: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_commands, args=(commands,), name="commands", daemon=True).start()
+    started = start_ray(cfg)
+    try:
+        group = LiveGroup(cfg)
+        group.check()
+        _emit("ready")
+        try:
+            while not stop.is_set():
+                while True:
+                    try:
+                        cmd = commands.get_nowait()
+                    except queue.Empty:
+                        break
+                    if cmd is None:
+                        stop.set()
+                        break
+                    if cmd.get("op") == "add":
+                        group.add(str(cmd["name"]), str(cmd["url"]))
+                    elif cmd.get("op") == "remove":
+                        group.remove(str(cmd["name"]))
+                group.poll(POLL_S)
+        finally:
+            group.close()
+    finally:
+        if started:
+            stop_ray()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.serve_live", description=__doc__.split("\n")[0])
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--config")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        cfg = load_config(args.config)
+        cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"path": Path(args.store)})})
+    except EideticError as e:
+        print(f"eidetic: error: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve_live(cfg, stop)
+    except EideticError as e:
+        _emit("fatal", error=str(e))
+        print(f"eidetic: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Live sources registered over the API: kept in ``sources.json``, all run by one child process
+(:mod:`pipeline.serve_live`: one Ray, one store writer shared by every source), each restarted
+with backoff when its capture stops, the child restarted with backoff if it dies.
+
+While the child runs it holds the store's writer: ingest jobs wait for it (they are queued), and
+it is stopped when the last live source is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline.errors import ConfigError
+from pipeline.serve_jobs import BACKOFF_S, SOURCES_FILE, STOP_TIMEOUT_S, _last_line, _load, _save
+
+logger = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEVICE_PREFIXES = ("v4l2:", "alsa:", "pulse:")
+GROUP_LOG = "live.log"
+
+
+@dataclass
+class Source:
+    """A live source registered over the API (persisted); the status fields are not saved."""
+
+    name: str
+    url: str
+    added: float = field(default_factory=time.time)
+    state: str = "starting"
+    error: str | None = None
+    pid: int | None = None
+    restarts: int = 0
+    since: float | None = None
+
+    def saved(self) -> dict[str, Any]:
+        return {"name": self.name, "url": self.url, "added": self.added}
+
+
+def live_command(store: Path, config_path: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", "pipeline.serve_live", "--store", str(store)]
+    return cmd + (["--config", config_path] if config_path else [])
+
+
+class SourceRegistry:
+    """Live sources, supervised through one :mod:`pipeline.serve_live` child process."""
+
+    def __init__(self, store: Path, bus, *, config_path: str | None = None) -> None:
+        self.store = store
+        self.bus = bus
+        self.config_path = config_path
+        self.sources: dict[str, Source] = {}
+        self._retry_at: dict[str, float] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._group: subprocess.Popen | None = None
+        self._ready = False
+        self._added: set[str] = set()  # sources the running child captures (or was asked to)
+        self._fatal: str | None = None
+        self._group_fails = 0
+        self._group_retry_at = 0.0
+        for d in _load(store / SOURCES_FILE) or []:
+            self.sources[d["name"]] = Source(**d)
+
+    # --- API -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="live-sources", daemon=True)
+        self._thread.start()
+
+    def add(self, url: str, name: str | None = None) -> Source:
+        from pipeline.ingest import is_url
+
+        url = url.strip()
+        if not (is_url(url) or url.lower().startswith(DEVICE_PREFIXES)):
+            raise ConfigError(f"not a live source URL: {url!r} (rtsp://, rtmp://, http(s)://, "
+                              "tcp://, udp://, v4l2:, alsa:, pulse:); submit files to /v1/ingest")  # fmt: skip
+        name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", url.split("://")[-1]).strip("_.-")[:64]
+        if not NAME.match(name or ""):
+            raise ConfigError(f"bad source name {name!r}: 1-64 letters, digits, '_', '.', '-'")
+        with self._lock:
+            if name in self.sources:
+                raise ConfigError(f"a source named {name!r} exists; remove it first")
+            src = self.sources[name] = Source(name=name, url=url)
+            self._save()
+        self.bus.publish("source", **self.status(src))
+        return src
+
+    def remove(self, name: str) -> Source:
+        with self._lock:
+            src = self.sources.pop(name)
+            self._save()
+            self._retry_at.pop(name, None)
+            if name in self._added:
+                self._send({"op": "remove", "name": name})
+        src.state, src.pid = "removed", None
+        self.bus.publish("source", **self.status(src))
+        return src
+
+    def status(self, src: Source) -> dict[str, Any]:
+        return asdict(src)
+
+    def stop(self) -> None:
+        """Stop the child: every capture stores what it holds first (bounded by a timeout)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            group, self._group = self._group, None
+        if group is not None:
+            _close_group(group)
+
+    # --- supervision -----------------------------------------------------------------------
+
+    def _save(self) -> None:
+        _save(self.store / SOURCES_FILE, [s.saved() for s in self.sources.values()])
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            with self._lock:
+                self._supervise()
+
+    def _wanted(self) -> list[Source]:
+        """The sources that should be captured (devices this build cannot open are marked)."""
+        from pipeline import ingest
+
+        out = []
+        for src in self.sources.values():
+            if src.url.lower().startswith(DEVICE_PREFIXES) and not getattr(ingest, "DEVICE_PREFIXES", ()):
+                if src.state != "unsupported":
+                    src.state, src.error = "unsupported", "capture devices are not supported by this build"
+                    self.bus.publish("source", **self.status(src))
+                continue
+            out.append(src)
+        return out
+
+    def _supervise(self) -> None:
+        wanted = self._wanted()
+        if self._group is not None and self._group.poll() is not None:
+            self._group_exited()
+        if self._group is None:
+            if wanted and time.monotonic() >= self._group_retry_at:
+                self._start_group()
+            return
+        if not self._ready:
+            return
+        if not self.sources and not self._added:  # nothing left: release the store's writer
+            group, self._group = self._group, None
+            threading.Thread(target=_close_group, args=(group,), daemon=True).start()
+            return
+        now = time.monotonic()
+        for src in wanted:
+            if src.name not in self._added and now >= self._retry_at.get(src.name, 0.0):
+                if self._send({"op": "add", "name": src.name, "url": src.url}):
+                    self._added.add(src.name)
+
+    def _start_group(self) -> None:
+        log = self.store / "logs" / GROUP_LOG
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as err:  # the child keeps its handle
+            self._group = subprocess.Popen(live_command(self.store, self.config_path), stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=err, text=True)  # fmt: skip
+        self._ready, self._fatal, self._added = False, None, set()
+        threading.Thread(target=self._read, args=(self._group,), name="live-events", daemon=True).start()
+
+    def _group_exited(self) -> None:
+        """The child stopped on its own: its sources failed with it; retry it with backoff."""
+        group, self._group = self._group, None
+        assert group is not None
+        code = group.returncode
+        busy = self._fatal is not None and "already open for writing" in self._fatal
+        why = self._fatal or f"the live capture process exited ({code}): {self._log_tail()}"
+        delay = 2.0 if busy else BACKOFF_S[min(self._group_fails, len(BACKOFF_S) - 1)]
+        self._group_fails += 0 if busy else 1
+        self._group_retry_at = time.monotonic() + delay
+        for src in self._wanted():
+            if busy:
+                src.state, src.error = "waiting", "the store is open for writing elsewhere"
+            elif src.name in self._added or src.state == "starting":
+                src.state, src.error, src.pid = "error", why, None
+                src.restarts += 1
+            else:
+                continue
+            self.bus.publish("source", **self.status(src))
+        self._added = set()
+
+    def _log_tail(self) -> str:
+        try:
+            return _last_line((self.store / "logs" / GROUP_LOG).read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            return "no output"
+
+    def _send(self, cmd: dict[str, Any]) -> bool:
+        group = self._group
+        if group is None or group.stdin is None:
+            return False
+        try:
+            group.stdin.write(json.dumps(cmd) + "\n")
+            group.stdin.flush()
+            return True
+        except (OSError, ValueError):  # it is exiting: noticed by the next _supervise
+            return False
+
+    def _read(self, group: subprocess.Popen) -> None:
+        """The child's events (JSON lines on its stdout) → source states."""
+        assert group.stdout is not None
+        for line in group.stdout:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            with self._lock:
+                if group is self._group:
+                    self._event(group, doc)
+
+    def _event(self, group: subprocess.Popen, doc: dict[str, Any]) -> None:
+        event, src = doc.get("event"), self.sources.get(str(doc.get("name")))
+        if event == "ready":
+            self._ready, self._group_fails = True, 0
+        elif event == "fatal":
+            self._fatal = str(doc.get("error"))
+        elif event == "running" and src is not None:
+            src.state, src.error, src.pid, src.since = "running", None, group.pid, time.time()
+            self.bus.publish("source", **self.status(src))
+        elif event == "ended":
+            self._added.discard(str(doc.get("name")))
+            if src is None:  # removed meanwhile
+                return
+            error = (doc.get("report") or {}).get("error")
+            src.state, src.error, src.pid = ("error" if error else "finished"), error, None
+            if error and src.url not in error:
+                src.error = f"{src.url}: {error}"
+            src.restarts += 1
+            self._retry_at[src.name] = time.monotonic() + BACKOFF_S[min(src.restarts - 1, len(BACKOFF_S) - 1)]
+            self.bus.publish("source", **self.status(src))
+
+
+def _close_group(group: subprocess.Popen) -> None:
+    """End of input (the child stops its captures, stores them, exits); SIGTERM, then SIGKILL."""
+    stdin: IO[str] | None = group.stdin
+    try:
+        if stdin is not None:
+            stdin.close()
+    except OSError:
+        pass
+    for step in (lambda: None, group.terminate, group.kill):
+        step()
+        try:
+            group.wait(timeout=STOP_TIMEOUT_S + 10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
