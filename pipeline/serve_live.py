@@ -50,8 +50,12 @@ class _Running:
 
 
 def _emit(event: str, **fields: Any) -> None:
-    sys.stdout.write(json.dumps({"event": event, **fields}, default=str) + "\n")
-    sys.stdout.flush()
+    """One event line to the server (gone: ignored; the captures still store what they hold)."""
+    try:
+        sys.stdout.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _failed(url: str, error: str) -> dict[str, Any]:
