@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEVICE_PREFIXES = ("v4l2:", "alsa:", "pulse:")
 GROUP_LOG = "live.log"
+BUSY_RETRY_S = 10.0  # the store held by another writer (an ingest job): try again this much later
 
 
 @dataclass
@@ -180,7 +181,7 @@ class SourceRegistry:
         code = group.returncode
         busy = self._fatal is not None and "already open for writing" in self._fatal
         why = self._fatal or f"the live capture process exited ({code}): {self._log_tail()}"
-        delay = 2.0 if busy else BACKOFF_S[min(self._group_fails, len(BACKOFF_S) - 1)]
+        delay = BUSY_RETRY_S if busy else BACKOFF_S[min(self._group_fails, len(BACKOFF_S) - 1)]
         self._group_fails += 0 if busy else 1
         self._group_retry_at = time.monotonic() + delay
         for src in self._wanted():

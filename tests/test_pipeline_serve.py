@@ -318,8 +318,13 @@ def test_live_sources_persist_and_report_status(tmp_path):
     root = build_store(tmp_path / "store")
     proc, base = start(root)
     try:
+        writer = EpisodeStore(root)  # another process's ingest holds the writer: the source waits
         r = httpx.post(base + "/v1/sources", json={"url": "rtsp://127.0.0.1:9/cam", "name": "door"})
         assert r.status_code == 201 and r.json()["name"] == "door"
+        door = wait_for(lambda: (s := httpx.get(base + "/v1/sources").json()["live"][0])["state"] == "waiting"
+                        and s, timeout=90)  # fmt: skip
+        assert "open for writing elsewhere" in door["error"]
+        writer.close()
         assert httpx.post(base + "/v1/sources", json={"url": "rtsp://x/y", "name": "door"}).status_code == 400
         assert httpx.post(base + "/v1/sources", json={"url": "rtsp://x/y", "name": "../x"}).status_code == 400
         httpx.post(base + "/v1/sources", json={"url": "v4l2:/dev/video0", "name": "webcam"})
