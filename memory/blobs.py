@@ -27,8 +27,9 @@ def keyframe_relpath(episode_id: int, n: int) -> str:
     return f"{KEYFRAME_DIR}/{int(episode_id)}/{int(n)}.jpg"
 
 
-def encode_jpeg(image: np.ndarray, *, quality: int) -> bytes:
-    """JPEG bytes of ``image``: ``uint8[H, W, 3]`` RGB or ``uint8[H, W]`` grey (never mutated)."""
+def encode_jpeg(image: np.ndarray, *, quality: int, max_side: int | None = None) -> bytes:
+    """JPEG bytes of ``image``: ``uint8[H, W, 3]`` RGB or ``uint8[H, W]`` grey (never mutated),
+    shrunk (Lanczos) so its longer side is at most ``max_side`` px when given."""
     from PIL import Image
 
     image = np.asarray(image)
@@ -40,7 +41,12 @@ def encode_jpeg(image: np.ndarray, *, quality: int) -> bytes:
             f"{list(image.shape)}; convert with np.asarray(img, np.uint8)"
         )
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=int(quality))
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    if max_side is not None and max(pil.size) > int(max_side):
+        s = int(max_side) / max(pil.size)
+        pil = pil.resize((max(1, round(pil.size[0] * s)), max(1, round(pil.size[1] * s))),
+                         Image.LANCZOS)  # fmt: skip
+    pil.save(buf, format="JPEG", quality=int(quality))
     return buf.getvalue()
 
 
@@ -71,8 +77,9 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool) -> None:
 
 
 def write_keyframes(
-    root: Path, episode_id: int, images: list[np.ndarray], *, quality: int, fsync: bool
-) -> list[str]:
+    root: Path, episode_id: int, images: list[np.ndarray], *, quality: int, fsync: bool,
+    max_side: int | None = None,
+) -> list[str]:  # fmt: skip
     """Write ``images`` as ``keyframes/<episode_id>/<n>.jpg``; returns the relative paths.
 
     A directory left by an earlier, uncommitted attempt at the same id is replaced.
@@ -83,7 +90,8 @@ def write_keyframes(
     rel = []
     for n, image in enumerate(images):
         rel.append(keyframe_relpath(episode_id, n))
-        write_atomic(root / rel[-1], encode_jpeg(image, quality=quality), fsync=fsync)
+        write_atomic(root / rel[-1], encode_jpeg(image, quality=quality, max_side=max_side),
+                     fsync=fsync)  # fmt: skip
     if images and fsync:
         fsync_dir(ep_dir)
         fsync_dir(ep_dir.parent)

@@ -105,13 +105,19 @@ def acquire_writer_lock(root: Path) -> WriterLock:
 
 
 def empty_trash(store: EpisodeStore) -> int:
-    """Delete the files of forgotten episodes (the ``trash`` table), then their trash rows."""
+    """Delete the files of forgotten episodes (the ``trash`` table) and dropped clips (the
+    ``clip_trash`` table), then their trash rows."""
     ids = [int(r[0]) for r in store._conn.execute("SELECT episode_id FROM trash")]
     for episode_id in ids:
         blobs.remove_episode_files(store.path, episode_id)
     if ids:
         store._conn.execute("DELETE FROM trash")
-    return len(ids)
+    clips = [r[0] for r in store._conn.execute("SELECT path FROM clip_trash")]
+    for rel in clips:
+        (store.path / rel).unlink(missing_ok=True)
+    if clips:
+        store._conn.execute("DELETE FROM clip_trash")
+    return len(ids) + len(clips)
 
 
 def remove_orphans(store: EpisodeStore, *, all_ids: bool = False) -> list[Path]:
@@ -153,8 +159,10 @@ def _count(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> int:
 
 def stats(store: EpisodeStore) -> dict[str, Any]:
     """``{"path", "schema_version", "episodes", "vectors": {modality: n}, "dims", "sounds",
-    "sources": {source: episodes}, "bytes", "time_span": {"t_start", "t_end", "wall_start",
-    "wall_end"}}`` (times: media seconds / UTC epoch seconds; None when empty)."""
+    "sources": {source: episodes}, "bytes", "clips": {"episodes", "bytes", "dropped"},
+    "time_span": {"t_start", "t_end", "wall_start", "wall_end"}}`` (times: media seconds / UTC
+    epoch seconds; None when empty; clips: episodes with a clip, their bytes, episodes whose
+    clip was dropped)."""
     conn = store._conn
     span = conn.execute(
         "SELECT MIN(t_start), MAX(t_end), MIN(wall_start), MAX(wall_start + t_end - t_start) "
@@ -170,6 +178,8 @@ def stats(store: EpisodeStore) -> dict[str, Any]:
         "sounds": _count(conn, "SELECT COUNT(*) FROM sounds"),
         "sources": {r[0]: int(r[1]) for r in sources},
         "bytes": blobs.disk_bytes(store.path),
+        "clips": dict(zip(("episodes", "bytes", "dropped"), (int(v or 0) for v in conn.execute(
+            "SELECT COUNT(clip), SUM(clip_bytes), COUNT(clip_note) FROM episodes").fetchone()))),
         "time_span": dict(zip(("t_start", "t_end", "wall_start", "wall_end"), tuple(span))),
     }
 

@@ -11,9 +11,14 @@ An episode's **importance** (0 … ~2) is what makes it worth keeping:
 **Age**: an episode of a source with a ``max_age_days`` limit expires when its age (wall clock
 start for live sources, ingest time for files) exceeds ``max_age_days * (1 + AGE_GAIN *
 importance)``: rare or named episodes live up to ``1 + 2 * AGE_GAIN`` times longer.
-**Size**: while the store is over ``max_bytes``, episodes are forgotten lowest keep-score first,
-keep-score = importance - age in units of ``SIZE_AGE_SCALE_DAYS`` (old, redundant, common
-episodes go first), until it is under ``max_bytes * (1 - HEADROOM)``.
+**Size**: while the store is over ``max_bytes``, clips are dropped lowest keep-score first
+(the episode, its keyframes and vectors stay; ``clip_note`` says why), then episodes are
+forgotten in the same order, keep-score = importance - age in units of ``SIZE_AGE_SCALE_DAYS``
+(old, redundant, common episodes go first), until it is under ``max_bytes * (1 - HEADROOM)``.
+**Clip budget**: clips are the bulk of a store (a few seconds of video each), so each source's
+clips may take at most ``clip_mb_per_hour`` per hour of its input, counted in buckets of
+``CLIP_BUCKET_S`` of its time (media time for files, wall clock for live sources): in a bucket
+over budget the least important episodes lose their clips first (:func:`clip_budget_plan`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ DISK_FULL_FREE_FRACTION = 0.05  # a full disk frees this much of the store's byt
 BATCH = 500  # episodes forgotten per transaction
 DISK_FULL_BATCH = 8  # ... on a full disk: small commits, each one's files freed before the next
 MAX_ROUNDS = 5
+CLIP_BUCKET_S = 600.0  # the clip budget holds for every 10 minutes of a source's time
+LABEL_COUNTS_TTL_S = 600.0  # label counts (rarity) are re-read this often by the clip budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +65,13 @@ class RetentionPolicy:
     max_age_days: float | None = None
     source_max_age_days: dict[str, float] = field(default_factory=dict)
     make_room_when_full: bool = True
+    clip_mb_per_hour: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_bytes is not None and self.max_bytes <= 0:
             raise ParameterError(f"max_bytes must be > 0, got {self.max_bytes}")
+        if self.clip_mb_per_hour is not None and self.clip_mb_per_hour < 0:
+            raise ParameterError(f"clip_mb_per_hour must be >= 0, got {self.clip_mb_per_hour}")
         for days in [self.max_age_days, *self.source_max_age_days.values()]:
             if days is not None and days <= 0:
                 raise ParameterError(f"age limits must be > 0 days, got {days}")
@@ -71,7 +81,15 @@ class RetentionPolicy:
 
     @property
     def active(self) -> bool:
+        """Size or age limits are set (the clip budget is applied on its own)."""
         return bool(self.max_bytes or self.max_age_days or self.source_max_age_days)
+
+    @property
+    def clip_bucket_bytes(self) -> int | None:
+        """Clip bytes allowed per ``CLIP_BUCKET_S`` of a source (None: unlimited)."""
+        if self.clip_mb_per_hour is None:
+            return None
+        return int(self.clip_mb_per_hour * 1e6 * CLIP_BUCKET_S / 3600.0)
 
 
 @dataclass(slots=True)
@@ -81,6 +99,7 @@ class _Row:
     age_s: float
     nbytes: int
     importance: float
+    clip_bytes: int = 0
 
 
 def store_bytes(store: EpisodeStore) -> int:
@@ -110,27 +129,47 @@ def checkpoint(store: EpisodeStore) -> None:
         logger.info("WAL checkpoint skipped: %s", e)
 
 
+def importance(labels: list[str], named: bool, redundancy: float, counts: Counter[str], n: int) -> float:
+    """Rarity of the labels (``counts`` of each label over ``n`` episodes) + 1 if a named object
+    was seen - redundancy (see the module docstring)."""
+    log_n = math.log(max(n, 2))
+    rarity = max((-math.log(max(counts[x], 1) / max(n, 1)) / log_n for x in labels), default=0.0)
+    redundant = max(0.0, (float(redundancy) - REDUNDANT_COSINE) / (1 - REDUNDANT_COSINE))
+    return max(0.0, rarity) + (1.0 if named else 0.0) - redundant
+
+
+def _named(conn: sqlite3.Connection) -> set[int]:
+    return {int(r[0]) for r in conn.execute(
+        "SELECT DISTINCT s.episode_id FROM sightings s JOIN objects o ON o.id = s.object_id "
+        "WHERE o.name IS NOT NULL")}  # fmt: skip
+
+
+def label_counts(conn: sqlite3.Connection) -> tuple[Counter[str], int]:
+    """How many episodes carry each label, and how many episodes there are."""
+    counts: Counter[str] = Counter()
+    for label, n in conn.execute(
+        "SELECT j.value, COUNT(DISTINCT e.id) FROM episodes e, json_each(e.labels) j GROUP BY j.value"
+    ):  # fmt: skip
+        counts[label] = int(n)
+    return counts, int(conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0])
+
+
 def _rows(store: EpisodeStore, now: float) -> list[_Row]:
     """Every episode with its importance (one pass over the episodes table)."""
     conn = store._conn
     raw = conn.execute(
-        "SELECT id, source, labels, COALESCE(wall_start, created_at), bytes, redundancy "
-        "FROM episodes"
+        "SELECT id, source, labels, COALESCE(wall_start, created_at), bytes, redundancy, "
+        "clip_bytes FROM episodes"
     ).fetchall()
-    named = {int(r[0]) for r in conn.execute(
-        "SELECT DISTINCT s.episode_id FROM sightings s JOIN objects o ON o.id = s.object_id "
-        "WHERE o.name IS NOT NULL")}  # fmt: skip
+    named = _named(conn)
     counts: Counter[str] = Counter()
     labels = [json.loads(r[2]) for r in raw]
     for ls in labels:
         counts.update(set(ls))
-    log_n = math.log(max(len(raw), 2))
     out = []
     for r, ls in zip(raw, labels):
-        rarity = max((-math.log(counts[x] / len(raw)) / log_n for x in ls), default=0.0)
-        redundant = max(0.0, (float(r[5]) - REDUNDANT_COSINE) / (1 - REDUNDANT_COSINE))
-        importance = rarity + (1.0 if int(r[0]) in named else 0.0) - redundant
-        out.append(_Row(int(r[0]), r[1], max(0.0, now - float(r[3])), int(r[4]), importance))
+        imp = importance(ls, int(r[0]) in named, float(r[5]), counts, len(raw))
+        out.append(_Row(int(r[0]), r[1], max(0.0, now - float(r[3])), int(r[4]), imp, int(r[6])))
     return out
 
 
@@ -169,15 +208,23 @@ def plan(
         target = policy.max_bytes * (1 - HEADROOM)
     if free_bytes:
         target = min(target if target is not None else est, est - free_bytes)
-    by_size = []
+    by_size, clips = [], set()
     if target is not None:
-        for r in _by_keep_score([r for r in rows if r.episode_id not in gone]):
+        ranked = _by_keep_score([r for r in rows if r.episode_id not in gone])
+        for r in ranked:  # clips go first: an episode without its clip is still worth a lot
+            if est <= target:
+                break
+            if r.clip_bytes > 0:
+                clips.add(r.episode_id)
+                est -= r.clip_bytes
+        for r in ranked:
             if est <= target:
                 break
             by_size.append(r.episode_id)
-            est -= r.nbytes + per_row_db
-    return {"age": [r.episode_id for r in expired], "size": by_size, "bytes_before": total,
-            "bytes_after_estimate": int(est)}  # fmt: skip
+            est -= r.nbytes - (r.clip_bytes if r.episode_id in clips else 0) + per_row_db
+    kept_clips = [r.episode_id for r in rows if r.episode_id in clips and r.episode_id not in by_size]
+    return {"age": [r.episode_id for r in expired], "size": by_size, "clips": kept_clips,
+            "bytes_before": total, "bytes_after_estimate": int(est)}  # fmt: skip
 
 
 def _db_bytes_per_episode(store: EpisodeStore, n: int) -> int:
@@ -200,10 +247,12 @@ def enforce(
     todo = plan(store, policy, now=now, free_bytes=free_bytes)
     if dry_run:
         return {**todo, "forgotten": 0, "dry_run": True}
-    forgotten, step, goal = 0, todo, todo["bytes_before"] - free_bytes
+    forgotten, clips, step, goal = 0, 0, todo, todo["bytes_before"] - free_bytes
     for _ in range(MAX_ROUNDS):
         ids = [*step["age"], *step["size"]]
-        if not ids:
+        if step["clips"]:
+            clips += len(store.drop_clips(step["clips"], CLIP_NOTE_SIZE))
+        if not ids and not step["clips"]:
             break
         for i in range(0, len(ids), batch):
             forgotten += len(store.forget_many(ids[i : i + batch]))
@@ -215,10 +264,68 @@ def enforce(
         step = plan(
             store, policy, now=now, free_bytes=max(0, now_bytes - goal) if free_bytes else 0
         )
-    if forgotten:
+    if forgotten or clips:
         logger.warning(
-            "retention forgot %d episodes (first pass: %d by age, %d by size); store %.1f MB -> "
-            "%.1f MB", forgotten, len(todo["age"]), len(todo["size"]), todo["bytes_before"] / 1e6,
-            store_bytes(store) / 1e6,
+            "retention forgot %d episodes (first pass: %d by age, %d by size) and dropped %d clips; "
+            "store %.1f MB -> %.1f MB", forgotten, len(todo["age"]), len(todo["size"]), clips,
+            todo["bytes_before"] / 1e6, store_bytes(store) / 1e6,
         )  # fmt: skip
-    return {**todo, "forgotten": forgotten, "dry_run": False}
+    return {**todo, "forgotten": forgotten, "clips_dropped": clips, "dry_run": False}
+
+
+CLIP_NOTE_SIZE = "dropped by retention: the store was over its size limit (retention.max_gb)"
+
+
+def clip_note_budget(policy: RetentionPolicy) -> str:
+    return (f"dropped by the clip budget ({policy.clip_mb_per_hour:g} MB per hour of the "
+            "source, retention.clip_mb_per_hour): more important clips kept")  # fmt: skip
+
+
+def clip_bucket(t: float) -> int:
+    """The clip-budget bucket of an episode time (media or wall seconds)."""
+    return int(math.floor(float(t) / CLIP_BUCKET_S))
+
+
+def clip_budget_plan(
+    store: EpisodeStore, policy: RetentionPolicy, buckets: set[tuple[str, int]] | None = None,
+    counts: tuple[Counter[str], int] | None = None,
+) -> list[int]:  # fmt: skip
+    """Episodes whose clips the clip budget drops: in every (source, bucket) of ``buckets``
+    (default: all) whose clips exceed ``policy.clip_bucket_bytes``, the least important ones
+    (ties: the older) until the rest fit. ``counts``: :func:`label_counts` (read if None)."""
+    from memory.schema import CLIP_TIME
+
+    budget = policy.clip_bucket_bytes
+    if budget is None:
+        return []
+    conn = store._conn
+    cols = f"id, source, labels, {CLIP_TIME}, clip_bytes, redundancy"
+    if buckets is None:
+        raw = conn.execute(f"SELECT {cols} FROM episodes WHERE clip IS NOT NULL").fetchall()
+    else:
+        raw = []
+        for source, b in sorted(buckets):
+            raw += conn.execute(
+                f"SELECT {cols} FROM episodes WHERE clip IS NOT NULL AND source = ? AND "
+                f"{CLIP_TIME} >= ? AND {CLIP_TIME} < ?",
+                (source, b * CLIP_BUCKET_S, (b + 1) * CLIP_BUCKET_S),
+            ).fetchall()  # fmt: skip
+    groups: dict[tuple[str, int], list] = {}
+    for r in raw:
+        groups.setdefault((r[1], clip_bucket(r[3])), []).append(r)
+    over = {k: g for k, g in groups.items() if sum(int(r[4]) for r in g) > budget}
+    if not over:
+        return []
+    counts = counts or label_counts(conn)
+    named = _named(conn)
+    drop = []
+    for group in over.values():
+        total = sum(int(r[4]) for r in group)
+        keep = sorted(group, key=lambda r: (importance(json.loads(r[2]), int(r[0]) in named,
+                                                       float(r[5]), *counts), int(r[0])))  # fmt: skip
+        for r in keep:
+            if total <= budget:
+                break
+            drop.append(int(r[0]))
+            total -= int(r[4])
+    return drop

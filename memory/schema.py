@@ -1,4 +1,4 @@
-"""The store's SQLite schema (version 2) with its migrations, connection setup, and row codecs.
+"""The store's SQLite schema (version 3) with its migrations, connection setup, and row codecs.
 
 A new store runs ``DDL_V1`` and then every migration, so a migrated store and a new one have the
 same schema. Migrations run in one transaction when a writer opens an older store; a reader of an
@@ -23,7 +23,7 @@ from memory.types import Episode, ObjectRecord, SoundRecord
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "eidetic.db"
 BUSY_TIMEOUT_MS = 10_000
 WAL_SIZE_LIMIT = 4 * 2**20  # the WAL is truncated to this after a checkpoint
@@ -71,6 +71,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS episodes_fts USING fts5 (
     summary, labels, source, tokenize = '{FTS_TOKENIZER}'
 );
 """
+CLIP_TIME = "COALESCE(wall_start, t_start)"  # an episode's time for the clip budget
 # version -> statements that bring a store from that version to the next
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -118,6 +119,18 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             "CREATE INDEX IF NOT EXISTS episodes_source_span ON episodes (source, t_start, t_end)",
             "CREATE INDEX IF NOT EXISTS episodes_span ON episodes (t_start, t_end)",
         )),
+    ),
+    2: (
+        # the clip's share of ``bytes`` (the clip budget and size retention drop clips before
+        # episodes) and why an episode has no clip (e.g. dropped by the clip budget)
+        "ALTER TABLE episodes ADD COLUMN clip_bytes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE episodes ADD COLUMN clip_note TEXT",
+        # clipped episodes by source and time (the clip budget's per-source time buckets)
+        f"CREATE INDEX IF NOT EXISTS episodes_clip_time ON episodes (source, {CLIP_TIME}) "
+        "WHERE clip IS NOT NULL",
+        # dropped clips whose files are not deleted yet (done after the commit, and again by
+        # the next writer if it was killed in between)
+        "CREATE TABLE IF NOT EXISTS clip_trash (path TEXT PRIMARY KEY)",
     ),
 }
 FTS_WEIGHTS = (1.0, 4.0, 0.5)  # bm25 column weights: summary, labels, source
@@ -194,6 +207,8 @@ def migrate(conn: sqlite3.Connection, version: int) -> int:
         while version < SCHEMA_VERSION:
             for stmt in MIGRATIONS[version]:
                 conn.execute(stmt)
+            if version == 2:
+                _backfill_clip_bytes(conn)
             if version == 1:
                 _backfill_bytes(conn)
                 span = conn.execute("SELECT MAX(t_end - t_start) FROM episodes").fetchone()[0]
@@ -222,6 +237,18 @@ def _backfill_bytes(conn: sqlite3.Connection) -> None:
             except OSError:
                 pass
         conn.execute("UPDATE episodes SET bytes = ? WHERE id = ?", (size, episode_id))
+
+
+def _backfill_clip_bytes(conn: sqlite3.Connection) -> None:
+    """v2 -> v3: ``episodes.clip_bytes`` from the clip files on disk."""
+    root = Path(conn.execute("PRAGMA database_list").fetchone()[2]).parent
+    rows = conn.execute("SELECT id, clip FROM episodes WHERE clip IS NOT NULL").fetchall()
+    for episode_id, clip in rows:
+        try:
+            size = (root / clip).stat().st_size
+        except OSError:
+            size = 0
+        conn.execute("UPDATE episodes SET clip_bytes = ? WHERE id = ?", (size, episode_id))
 
 
 class transaction:
@@ -308,10 +335,11 @@ def sound_json(s: SoundRecord) -> dict[str, Any]:
 
 
 def episode_row(
-    ep: Episode, episode_id: int, keyframes: list[str], *, nbytes: int = 0, redundancy: float = 0.0
-) -> dict[str, Any]:
+    ep: Episode, episode_id: int, keyframes: list[str], *, nbytes: int = 0, redundancy: float = 0.0,
+    clip_bytes: int = 0,
+) -> dict[str, Any]:  # fmt: skip
     """Column values of the ``episodes`` row for ``ep`` (keyframes, clip: store-relative paths;
-    nbytes: size of its files)."""
+    nbytes: size of its files, clip_bytes: of its clip)."""
     return {
         "id": episode_id,
         "source": ep.source,
@@ -328,6 +356,8 @@ def episode_row(
         "clip": ep.clip,
         "bytes": int(nbytes),
         "redundancy": float(redundancy),
+        "clip_bytes": int(clip_bytes),
+        "clip_note": ep.clip_note,
     }
 
 
@@ -355,4 +385,5 @@ def row_episode(row: sqlite3.Row, vectors: dict[str, np.ndarray] | None = None) 
         audio=vectors.get("audio"),
         episode_id=int(row["id"]),
         clip=row["clip"],
+        clip_note=row["clip_note"],
     )

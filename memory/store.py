@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 SYNCHRONOUS = ("NORMAL", "FULL")
 RESERVE_BYTES = 4 * 2**20  # the disk-full reserve file (see ``reserve_bytes``)
 RETENTION_EVERY_S = 60.0
+CLIP_BUDGET_EVERY_S = 10.0  # the clip budget is applied this often while adding, and on close
 
 
 class EpisodeStore(StoreReader):
@@ -78,6 +79,8 @@ class EpisodeStore(StoreReader):
         FAISS factory string used for every index (e.g. ``"IDMap2,HNSW32"``).
     jpeg_quality : int
         Quality of keyframe JPEGs (10–100).
+    keyframe_max_side : int, optional
+        Keyframe JPEGs are shrunk so their longer side is at most this (px); None: as given.
     reid_threshold : float
         Cosine similarity at which an episode's object is the same identity as a known one
         (memory/objects.py).
@@ -97,6 +100,7 @@ class EpisodeStore(StoreReader):
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         index_factory: str = AUTO,
         jpeg_quality: int = 85,
+        keyframe_max_side: int | None = None,
         reid_threshold: float = REID_THRESHOLD,
         retention: RetentionPolicy | None = None,
         reserve_bytes: int = RESERVE_BYTES,
@@ -108,6 +112,9 @@ class EpisodeStore(StoreReader):
         self.path = Path(path).resolve()
         self.readonly = readonly
         self.jpeg_quality = int(jpeg_quality)
+        if keyframe_max_side is not None and int(keyframe_max_side) < 1:
+            raise ParameterError(f"keyframe_max_side must be >= 1, got {keyframe_max_side!r}")
+        self.keyframe_max_side = keyframe_max_side
         self._fsync = synchronous == "FULL"
         self._lock = threading.RLock()
         self._objects = ObjectMatcher(threshold=reid_threshold)
@@ -115,6 +122,9 @@ class EpisodeStore(StoreReader):
         self.retention = retention or RetentionPolicy()
         self.reserve_bytes = int(reserve_bytes)
         self._retention_at = 0.0
+        self._clip_dirty: set[tuple[str, int]] = set()  # clip-budget buckets added to
+        self._clip_at = 0.0
+        self._label_counts: tuple[Any, int, float] | None = None  # (counts, n, monotonic time)
         self._conn = None  # type: ignore[assignment]
         self._writer_lock = None if readonly else maintenance.acquire_writer_lock(self.path)
         try:
@@ -140,6 +150,11 @@ class EpisodeStore(StoreReader):
         """Save unsaved index changes, close SQLite and release the writer lock (idempotent)."""
         with self._lock:
             if self._conn is not None:
+                if not self.readonly and self._clip_dirty:
+                    try:
+                        self.enforce_clip_budget()
+                    except Exception:  # noqa: BLE001 - closing must go on; the next writer retries
+                        logger.exception("clip budget not applied on close")
                 if not self.readonly and hasattr(self, "_ix"):
                     self._ix.flush()
                 self._conn.close()
@@ -213,6 +228,10 @@ class EpisodeStore(StoreReader):
                 if not maintenance.is_disk_full(e):
                     raise
                 stored = self._add_after_disk_full(batch, e)
+            if self.retention.clip_bucket_bytes is not None:
+                self._clip_dirty.update((ep.source, retention.clip_bucket(
+                    ep.t_start if ep.wall_start is None else ep.wall_start))
+                    for ep in stored if ep.clip is not None)  # fmt: skip
             self._maybe_enforce_retention()
             return stored
 
@@ -266,22 +285,48 @@ class EpisodeStore(StoreReader):
         return stored
 
     def _maybe_enforce_retention(self) -> None:
+        if self._clip_dirty and time.monotonic() - self._clip_at >= CLIP_BUDGET_EVERY_S:
+            self.enforce_clip_budget()
         if self.retention.active and time.monotonic() - self._retention_at >= RETENTION_EVERY_S:
             self._retention_at = time.monotonic()
             retention.enforce(self, self.retention)
 
     def enforce_retention(self, *, now: float | None = None, dry_run: bool = False) -> dict[str, Any]:
-        """Apply the retention policy now; returns what was (or would be) forgotten."""
+        """Apply the retention policy now (the clip budget over the whole store, then the size
+        and age limits); returns what was (or would be) dropped and forgotten."""
         with self._lock:
             self._require_writer()
+            clips = self.enforce_clip_budget(all_buckets=True, dry_run=dry_run)
             self._retention_at = time.monotonic()
-            return retention.enforce(self, self.retention, now=now, dry_run=dry_run)
+            report = retention.enforce(self, self.retention, now=now, dry_run=dry_run)
+            return {**report, "clips_over_budget": clips}
+
+    def enforce_clip_budget(self, *, all_buckets: bool = False, dry_run: bool = False) -> list[int]:
+        """Apply ``retention.clip_mb_per_hour`` to the buckets added to since the last time (or
+        to every bucket); returns the ids whose clips were (or would be) dropped."""
+        with self._lock:
+            self._require_writer()
+            self._clip_at = time.monotonic()
+            if self.retention.clip_bucket_bytes is None:
+                self._clip_dirty.clear()
+                return []
+            buckets = None if all_buckets else set(self._clip_dirty)
+            cached = self._label_counts
+            if cached is None or time.monotonic() - cached[2] > retention.LABEL_COUNTS_TTL_S:
+                counts, n = retention.label_counts(self._conn)
+                cached = self._label_counts = (counts, n, time.monotonic())
+            ids = retention.clip_budget_plan(self, self.retention, buckets, counts=cached[:2])
+            if dry_run:
+                return ids
+            self._clip_dirty.clear()
+            return self.drop_clips(ids, retention.clip_note_budget(self.retention)) if ids else []
 
     def _write_files(self, episode_id: int, ep: Episode, imgs: list[np.ndarray]) -> tuple[Episode, int]:
         """Keyframes written and the clip moved in (fsynced); returns the episode and its bytes."""
         rel = blobs.write_keyframes(
-            self.path, episode_id, imgs, quality=self.jpeg_quality, fsync=self._fsync
-        )
+            self.path, episode_id, imgs, quality=self.jpeg_quality, fsync=self._fsync,
+            max_side=self.keyframe_max_side,
+        )  # fmt: skip
         clip = None
         if ep.clip is not None:
             clip = blobs.adopt_clip(self.path, episode_id, Path(ep.clip), fsync=self._fsync)
@@ -324,7 +369,8 @@ class EpisodeStore(StoreReader):
         with transaction(self._conn) as c:
             for ep, nbytes in written:
                 row = episode_row(ep, ep.episode_id, list(ep.keyframes), nbytes=nbytes,  # type: ignore[arg-type]
-                                  redundancy=self._redundancy(ep))  # fmt: skip
+                                  redundancy=self._redundancy(ep),
+                                  clip_bytes=blobs.files_bytes(self.path, [ep.clip] if ep.clip else []))  # fmt: skip
                 marks = ", ".join("?" * len(row))
                 sql = f"INSERT INTO episodes ({', '.join(row)}) VALUES ({marks})"
                 c.execute(sql, tuple(row.values()))
@@ -490,6 +536,28 @@ class EpisodeStore(StoreReader):
             if found:
                 logger.info("forgot %d episode(s): %s", len(found), found[:10])
             return found
+
+    def drop_clips(self, ids: Sequence[int], note: str) -> list[int]:
+        """Delete the clips of the episodes among ``ids`` (keeping the episodes, keyframes and
+        vectors): their rows get ``clip = NULL`` and ``clip_note = note`` (why) in one
+        transaction, then the files go. Returns the ids whose clip was dropped."""
+        with self._lock:
+            self._require_writer()
+            todo = json.dumps(sorted({int(i) for i in ids}))
+            with transaction(self._conn) as c:
+                rows = c.execute(
+                    "SELECT id, clip FROM episodes WHERE clip IS NOT NULL AND id IN "
+                    "(SELECT value FROM json_each(?))", (todo,),
+                ).fetchall()  # fmt: skip
+                c.executemany("INSERT OR IGNORE INTO clip_trash VALUES (?)", [(r[1],) for r in rows])
+                c.executemany(
+                    "UPDATE episodes SET clip = NULL, clip_note = ?, bytes = MAX(0, bytes - "
+                    "clip_bytes), clip_bytes = 0 WHERE id = ?", [(note, int(r[0])) for r in rows],
+                )  # fmt: skip
+            maintenance.empty_trash(self)
+            if rows:
+                logger.info("dropped %d clip(s) (%s): %s", len(rows), note, [r[0] for r in rows][:10])
+            return [int(r[0]) for r in rows]
 
     @staticmethod
     def _forget_logged_sounds(c: sqlite3.Connection, doomed: str) -> int:

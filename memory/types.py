@@ -39,6 +39,7 @@ class Episode:
     store directory (filled by the store). visual/audio: L2-normalised ``float32[d]`` or None.
     clip: the episode's media (video + audio remuxed, no re-encode), relative to the store
     directory once stored; give the store an absolute path to a file it will move in.
+    clip_note: why an episode has no clip (e.g. dropped by the clip budget), else None.
     """
 
     source: str
@@ -55,6 +56,7 @@ class Episode:
     audio: np.ndarray | None = field(default=None, compare=False)
     episode_id: int | None = None
     clip: str | None = None
+    clip_note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -254,11 +254,58 @@ class MemoryConfig(_Section):
     keyframes_per_episode: int = Field(
         4, ge=1, le=64, description="Representative keyframes stored per episode (JPEG)."
     )
-    jpeg_quality: int = Field(85, ge=10, le=100, description="Quality of stored keyframe JPEGs.")
+    jpeg_quality: int = Field(80, ge=10, le=100, description="Quality of stored keyframe JPEGs.")
+    keyframe_max_side: int | None = Field(
+        480, ge=32, le=16384, description="Stored keyframe JPEGs are shrunk so their longer side "
+        "is at most this (px); empty: as perceived (ingest.max_side).",
+    )
     clips: bool = Field(
         True, description="Keep each episode's media: its capture window's video and audio "
         "packets remuxed into a small clip (no re-encode; file sources).",
     )
+    short_term_items: int = Field(
+        120, ge=2, le=100000, description="Short-term memory per source: at most this many "
+        "recent frames wait to be compressed into the open episode.",
+    )
+    short_term_s: float = Field(
+        30.0, gt=0, le=3600, description="Short-term memory per source: at most this many "
+        "seconds of recent frames (keep it >= idle_s so idle tails are dropped, not stored).",
+    )
+    scene_cosine: float = Field(
+        0.9, ge=-1, le=1, description="A new episode starts when consecutive frame descriptors "
+        "have cosine <= this (a scene change; IXC2.5-OmniLive's rule); -1: never.",
+    )
+    idle_s: float = Field(
+        10.0, gt=0, le=86400, description="An episode ends after this long with no sound and no "
+        "new or moving object (its idle frames dropped); activity starts the next one (s).",
+    )
+    trigger_gap_s: float = Field(
+        4.0, gt=0, le=3600, description="Inside one capture, a sound starting this long after "
+        "the previous one ended starts a new episode (s).",
+    )
+    min_episode_s: float = Field(
+        2.0, ge=0, le=3600, description="Scene and trigger cuts wait until an episode is this "
+        "long (s).",
+    )
+    max_episode_s: float = Field(
+        120.0, gt=0, le=86400, description="Longer episodes are cut (s).",
+    )
+
+    def boundary_policy(self):
+        """The :class:`memory.shortterm.BoundaryPolicy` of these settings."""
+        from memory.shortterm import BoundaryPolicy
+
+        return BoundaryPolicy(
+            scene_cosine=self.scene_cosine, idle_s=self.idle_s, min_episode_s=self.min_episode_s,
+            max_episode_s=self.max_episode_s, trigger_gap_s=self.trigger_gap_s,
+        )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _episode_bounds(self) -> MemoryConfig:
+        if self.min_episode_s > self.max_episode_s:
+            raise ValueError(f"min_episode_s ({self.min_episode_s}) must be <= max_episode_s "
+                             f"({self.max_episode_s})")  # fmt: skip
+        return self
 
 
 class RetentionConfig(_Section):
@@ -280,6 +327,13 @@ class RetentionConfig(_Section):
         True, description="On a full disk, forget the least important episodes and retry the "
         "write (else the write fails with a clear error).",
     )
+    clip_mb_per_hour: float | None = Field(
+        25.0, ge=0, le=1e6,
+        description="Clip budget per source: its episode clips take at most this many MB per "
+        "hour of its input (held for every 10 minutes); over it, the least important episodes "
+        "lose their clips (keyframes, vectors and text stay; the episode notes why); empty: "
+        "keep every clip.",
+    )
 
     def policy(self):
         """The :class:`memory.retention.RetentionPolicy` of these settings."""
@@ -290,6 +344,7 @@ class RetentionConfig(_Section):
             max_age_days=self.max_age_days,
             source_max_age_days=dict(self.source_max_age_days),
             make_room_when_full=self.make_room_when_full,
+            clip_mb_per_hour=self.clip_mb_per_hour,
         )
 
 

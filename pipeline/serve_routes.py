@@ -58,7 +58,7 @@ def keyframe_url(episode_id: int, n: int) -> str:
 
 def episode_json(ep: Episode) -> dict[str, Any]:
     """An episode over HTTP: span, source, labels, summary, sounds, objects, keyframe URLs and
-    the URL of its clip (the captured media, when the store keeps one)."""
+    the URL of its clip (the captured media, when the store keeps one) or why it has none."""
     return {
         "episode_id": ep.episode_id, "source": ep.source, "t_start": ep.t_start,
         "t_end": ep.t_end, "wall_start": ep.wall_start, "labels": list(ep.labels),
@@ -71,6 +71,7 @@ def episode_json(ep: Episode) -> dict[str, Any]:
         "keyframes": [keyframe_url(int(ep.episode_id or 0), n) for n in range(len(ep.keyframes))],
         "keyframe_times": list(ep.keyframe_times),
         "clip": f"/v1/episodes/{ep.episode_id}/clip" if ep.clip else None,
+        "clip_note": ep.clip_note,  # why there is no clip (e.g. the clip budget dropped it)
     }  # fmt: skip
 
 

@@ -314,10 +314,10 @@ def test_single_writer_and_missing_store(tmp_path: Path) -> None:
 def test_schema_and_pragmas(store: EpisodeStore) -> None:
     conn = sqlite3.connect(store.path / "eidetic.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"meta", "episodes", "vectors", "sounds", "episodes_fts", "tombstones", "objects",
-            "sightings", "trash"} <= tables
+            "sightings", "trash", "clip_trash"} <= tables
     conn.close()
 
 

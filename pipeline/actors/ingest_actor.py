@@ -200,9 +200,9 @@ class IngestActor:
             if not ready:
                 return
             i, ref = ends.pop(0)
-            episode = ray.get(ref)
-            self.journal.put(self.key, "window", episode, shard=shard, item=i)
-            self.report["episodes"] += episode is not None
+            episodes = ray.get(ref)  # the ids of the episodes the window gave
+            self.journal.put(self.key, "window", episodes, shard=shard, item=i)
+            self.report["episodes"] += len(episodes or ())
 
     def _packets(self, windows: list[CaptureWindow], counter: DecodeCounter) -> Iterator[FramePacket]:
         if not self.info.has_video or not windows:
@@ -272,8 +272,7 @@ class WindowSink:
             onsets = [o for o in onsets if o > f.t]
             in_flight.add(self.perception.step.remote(self.source, f, force))
         in_flight.drain()
-        if ray.get(self.perception.end.remote(self.source, window)) is not None:
-            self.episodes += 1
+        self.episodes += len(ray.get(self.perception.end.remote(self.source, window)) or ())
 
 
 @ray.remote(num_cpus=0, max_concurrency=2)

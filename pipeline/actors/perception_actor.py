@@ -61,8 +61,8 @@ class PerceptionActor:
         self.frames += 1
         self.latency.time(t0)
 
-    def end(self, source: str, window: CaptureWindow) -> int | None:
-        """Close the window's episode; returns its episode id (None if it was dropped)."""
+    def end(self, source: str, window: CaptureWindow) -> list[int]:
+        """Close the window; returns the ids of the episodes it gave."""
         self.in_flight.drain()
         self.tracker, slot, self.slot = None, self.slot, None
         return ray.get(self.memory.end.remote(source, window.t_end, slot))
