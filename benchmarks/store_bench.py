@@ -146,7 +146,7 @@ def insert(store_dir: Path, data: Data, n: int, batch: int) -> dict[str, Any]:
         wall = time.perf_counter() - t0
         index = store._ix.get("visual")
         kind = {"factory": index.factory if index.exact else f"IVF{index.ivf.nlist},Flat",
-                "nprobe": index.nprobe}  # fmt: skip
+                "nprobe": index.nprobe, "filter_gain": index.filter_gain}  # fmt: skip
         t1 = time.perf_counter()
         xs = data.chunk(n, SINGLE_INSERTS, stream=2)
         for j, ep in enumerate(make_episodes(n, xs)):
@@ -265,21 +265,24 @@ def _index_kind(store_dir: Path) -> dict[str, Any]:
     with EpisodeStore(store_dir, readonly=True) as s:
         index = s._ix.get("visual")
         factory = index.factory if index.exact else f"IVF{index.ivf.nlist},Flat"
-    return {"factory": factory, "nprobe": hint.get("nprobe")}
+    return {"factory": factory, "nprobe": hint.get("nprobe"), "filter_gain": hint.get("filter_gain"),
+            "tuned_n": hint.get("tuned_n"), "built_n": hint.get("built_n")}  # fmt: skip
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'N':>9} {'insert/s':>9} {'batch=1/s':>9} {'B/episode':>9}  {'index':<16} "
+        f"{'N':>9} {'insert/s':>9} {'batch=1/s':>9} {'B/episode':>9}  {'index':<22} "
         f"{'search':<20} {'p50 ms':>7} {'p99 ms':>7} {'recall@10':>9}",
     ]
     for r in results:
         idx = f"{r['index']['factory'].replace('IDMap2,', '')} np={r['index']['nprobe']}"
+        if r["index"].get("filter_gain") is not None:
+            idx += f" g={r['index']['filter_gain']:g}"
         ins = "reused" if r["insert_per_s"] is None else f"{r['insert_per_s']:.0f}"
         one = "-" if r["insert_single_per_s"] is None else f"{r['insert_single_per_s']:.0f}"
         for j, (name, s) in enumerate(r["search"].items()):
             head = (f"{r['n']:>9} {ins:>9} {one:>9} "
-                    f"{r['bytes_per_episode']:>9.0f}  {idx:<16}") if j == 0 else " " * 57  # fmt: skip
+                    f"{r['bytes_per_episode']:>9.0f}  {idx:<22}") if j == 0 else " " * 63  # fmt: skip
             lines.append(f"{head} {name:<20} {s['p50_ms']['median']:>7.2f} "
                          f"{s['p99_ms']['median']:>7.2f} {s['recall_at_10']:>9.3f}")  # fmt: skip
         lines.append(f"{'':>9} load: {r['uptime_after']}")

@@ -237,6 +237,7 @@ class FaissIndex:
         self.factory = factory
         self.metric: Metric = metric
         self._idset = _IdSet(self.ids())
+        self.filter_gain = 1.0  # filtered IVF searches visit nprobe * gain / fraction lists
         self._positions: _Positions | None = None  # id -> position, for selectors (lazy)
 
     @property

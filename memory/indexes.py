@@ -13,7 +13,11 @@ blindly:
 - The index type follows the size (:func:`memory.index.choose_factory`): exact Flat below
   ``FLAT_MAX`` vectors, then IVF, retrained when it has grown ``GROW_FACTOR`` times; its
   ``nprobe`` is tuned at build time to reach ``TUNE_RECALL`` on the store's own vectors, then
-  doubled (``TUNE_MARGIN``) as a safety margin for queries unlike the stored vectors.
+  doubled (``TUNE_MARGIN``) as a safety margin for queries unlike the stored vectors, and tuned
+  again whenever the index has grown ``RETUNE_FACTOR`` times since (lists get fuller between
+  retrains). Filtered searches visit ``nprobe * filter_gain / f`` lists for an allowed fraction
+  ``f``; ``filter_gain`` is tuned with it on a random ``FILTER_TUNE_FRACTION`` of the vectors
+  (the top-10 of a subset lie farther out than the top-10 of all, in more lists).
 - Files are written atomically (temp + fsync + rename) when enough changed or enough time passed,
   and on close; ``<modality>.faiss.json`` beside each file records what it holds (a hint: a file
   whose hint does not match is described from its own ids).
@@ -54,7 +58,11 @@ BACKGROUND_MIN = 100_000  # a writer rebuilds an index this large in a thread, a
 TUNE_QUERIES = 200  # nprobe tuning: the store's own vectors as queries ...
 TUNE_RECALL = 0.97  # ... the smallest nprobe reaching this recall@10 (neighbours 2-11) wins,
 TUNE_MARGIN = 2  # ... times this: fresh queries scored up to 3 points below (store_bench, 10⁵)
+TUNE_SAMPLE = 20_000  # a re-tune takes its queries from this many of the index's vectors
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048)
+RETUNE_FACTOR = 2  # nprobe is re-tuned when an IVF index holds 2x the vectors it was tuned at
+FILTER_TUNE_FRACTION = 0.1  # filter_gain: tuned with a random 10 % of the vectors allowed ...
+FILTER_GAINS = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # ... the smallest reaching TUNE_RECALL
 
 
 def check_modality(modality: str) -> None:
@@ -72,6 +80,8 @@ class IndexState:
     built_n: int = 0  # vectors when it was (re)built
     build: str = ""  # token of the (re)build: readers reload the file when it changes
     nprobe: int | None = None
+    filter_gain: float = 1.0  # filtered searches visit nprobe * filter_gain / fraction lists
+    tuned_n: int = 0  # vectors when nprobe was last tuned
     ntotal: int = 0
     changes: int = 0  # adds and removes since the file was saved
     saved_at: float = field(default_factory=time.monotonic)
@@ -186,7 +196,8 @@ class IndexSet:
             index.train(_train_sample(x, index))
         index.add(ids, x)
         if index.ivf is not None:
-            index.nprobe = tune_nprobe(index, ids, x)
+            index.nprobe, index.filter_gain = tune(index, ids, x)
+            state.tuned_n, state.filter_gain = index.ntotal, index.filter_gain
         state.max_id, state.built_n, state.ntotal = int(ids[-1]), index.ntotal, index.ntotal
         state.nprobe = index.nprobe
         logger.info(
@@ -243,6 +254,7 @@ class IndexSet:
         state.ntotal = index.ntotal
         if state.nprobe is not None:
             index.nprobe = state.nprobe
+        index.filter_gain = float(state.filter_gain)
         return index, state
 
     def save(self, modality: str) -> None:
@@ -387,6 +399,8 @@ class IndexSet:
         elif not index.exact and state.dead > COMPACT_FRACTION * n:
             why = "compacting deleted vectors"
         if why is None:
+            if index.ivf is not None and n >= RETUNE_FACTOR * max(state.tuned_n, state.built_n, 1):
+                self._retune(modality, index, state)
             return False
         if n >= BACKGROUND_MIN:
             self._start_background(modality, why)
@@ -394,6 +408,22 @@ class IndexSet:
         logger.info("rebuilding %s index (%s)", modality, why)
         self._rebuild_one(modality)
         return True
+
+    def _retune(self, modality: str, index: FaissIndex, state: IndexState) -> None:
+        """Tune nprobe and filter_gain again on the vectors the index holds now (its lists
+        are fuller than when it was trained); saved with the index."""
+        t0 = time.perf_counter()
+        ids = index.ids()
+        sample = np.sort(np.random.default_rng(2).choice(ids, min(ids.size, TUNE_SAMPLE), replace=False))
+        _, x = index.vectors(sample)
+        before = (index.nprobe, index.filter_gain)
+        index.nprobe, index.filter_gain = tune(index, sample, x, exhaustive=True)
+        state.nprobe, state.filter_gain, state.tuned_n = index.nprobe, index.filter_gain, index.ntotal
+        state.build = uuid.uuid4().hex[:12]  # readers load the re-tuned file once it is saved
+        state.changes += 1
+        logger.info("re-tuned the %s index at %d vectors: nprobe %s -> %s, filter gain %s -> %s "
+                    "(%.1f s)", modality, index.ntotal, before[0], index.nprobe, before[1],
+                    index.filter_gain, time.perf_counter() - t0)  # fmt: skip
 
     # --- background rebuilds (writer) -------------------------------------------------------
 
@@ -516,23 +546,86 @@ def _train_sample(x: np.ndarray, index: FaissIndex) -> np.ndarray:
     return x[np.sort(rows)]
 
 
-def tune_nprobe(index: FaissIndex, ids: np.ndarray, x: np.ndarray) -> int:
+def tune(
+    index: FaissIndex, ids: np.ndarray, x: np.ndarray, *, exhaustive: bool = False
+) -> tuple[int, float]:
+    """``(nprobe, filter_gain)`` for an IVF ``index``: :func:`tune_nprobe` (with its margin),
+    then the smallest gain of ``FILTER_GAINS`` at which searches allowed a random
+    ``FILTER_TUNE_FRACTION`` of the vectors reach ``TUNE_RECALL`` visiting ``nprobe * gain /
+    fraction`` lists (the margin is already in ``nprobe``).
+
+    ``ids, x``: the index's vectors (all of them), or with ``exhaustive`` a sample of them (the
+    ground truth then comes from an exhaustive search of the index: every list visited)."""
+    raw = tune_nprobe(index, ids, x, exhaustive=exhaustive, margin=1)
+    nprobe = int(min(index.ivf.nlist, raw * TUNE_MARGIN))
+    return nprobe, tune_filter_gain(index, ids, x, nprobe, exhaustive=exhaustive)
+
+
+def _queries(ids: np.ndarray, x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    q = rng.choice(x.shape[0], min(TUNE_QUERIES, x.shape[0]), replace=False)
+    return q, np.ascontiguousarray(x[q])
+
+
+def _recall(truth: list[set[int]], I: np.ndarray, self_ids: list[int]) -> float:
+    hits = sum(len(t & (set(row.tolist()) - {s})) for t, row, s in zip(truth, I, self_ids))
+    return hits / max(1, sum(len(t) for t in truth))
+
+
+def tune_nprobe(
+    index: FaissIndex, ids: np.ndarray, x: np.ndarray, *, exhaustive: bool = False,
+    margin: int = TUNE_MARGIN,
+) -> int:  # fmt: skip
     """The smallest nprobe whose recall@10 on stored vectors (as queries, themselves excluded)
-    reaches ``TUNE_RECALL`` against exact search, times ``TUNE_MARGIN`` (at most every list)."""
+    reaches ``TUNE_RECALL`` against exact search, times ``margin`` (at most every list)."""
     import faiss
 
     ivf = index.ivf
-    rng = np.random.default_rng(1)
-    q = rng.choice(x.shape[0], min(TUNE_QUERIES, x.shape[0]), replace=False)
-    xq = np.ascontiguousarray(x[q])
-    _, gt_rows = faiss.knn(xq, x, 11, metric=faiss.METRIC_INNER_PRODUCT)
-    truth = [set(ids[r].tolist()) - {int(ids[qi])} for r, qi in zip(gt_rows, q)]
+    q, xq = _queries(ids, x, 1)
+    if exhaustive:
+        _, gt = index.search(xq, 11, nprobe=ivf.nlist)
+    else:
+        _, rows = faiss.knn(xq, x, 11, metric=faiss.METRIC_INNER_PRODUCT)
+        gt = ids[rows]
+    self_ids = [int(ids[qi]) for qi in q]
+    truth = [set(r.tolist()) - {s, -1} for r, s in zip(gt, self_ids)]
     for nprobe in (p for p in NPROBES if p <= ivf.nlist):
         _, I = index.search(xq, 11, nprobe=nprobe)
-        hits = sum(len(t & (set(row.tolist()) - {int(ids[qi])})) for t, row, qi in zip(truth, I, q))
-        recall = hits / max(1, sum(len(t) for t in truth))
+        recall = _recall(truth, I, self_ids)
         if recall >= TUNE_RECALL:
             logger.info("nprobe %d of %d lists: tuning recall@10 %.3f (used: x%d)",
-                        nprobe, ivf.nlist, recall, TUNE_MARGIN)  # fmt: skip
-            return int(min(ivf.nlist, nprobe * TUNE_MARGIN))
+                        nprobe, ivf.nlist, recall, margin)  # fmt: skip
+            return int(min(ivf.nlist, nprobe * margin))
     return int(ivf.nlist)
+
+
+def tune_filter_gain(
+    index: FaissIndex, ids: np.ndarray, x: np.ndarray, nprobe: int, *, exhaustive: bool = False
+) -> float:
+    """The smallest gain of ``FILTER_GAINS`` reaching ``TUNE_RECALL`` for searches allowed a
+    random ``FILTER_TUNE_FRACTION`` of the index, visiting ``nprobe * gain / fraction`` lists."""
+    import faiss
+
+    ivf = index.ivf
+    every = index.ids() if exhaustive else ids
+    rng = np.random.default_rng(3)
+    allowed = np.sort(rng.choice(every, max(11, int(every.size * FILTER_TUNE_FRACTION)), replace=False))
+    frac = allowed.size / max(1, index.ntotal)
+    q, xq = _queries(ids, x, 4)
+    self_ids = [int(ids[qi]) for qi in q]
+    if exhaustive:
+        _, gt = index.search(xq, 11, allowed=allowed, nprobe=ivf.nlist)
+    else:
+        rows = np.flatnonzero(np.isin(ids, allowed))
+        _, r = faiss.knn(xq, np.ascontiguousarray(x[rows]), 11, metric=faiss.METRIC_INNER_PRODUCT)
+        gt = ids[rows][r]
+    truth_sets = [{i for i in g.tolist() if i not in (s, -1)} for g, s in zip(gt, self_ids)]
+    for gain in FILTER_GAINS:
+        probe = int(min(ivf.nlist, np.ceil(nprobe * gain / frac)))
+        _, I = index.search(xq, 11, allowed=allowed, nprobe=probe)
+        recall = _recall(truth_sets, I, self_ids)
+        if recall >= TUNE_RECALL or probe >= ivf.nlist:
+            logger.info("filter gain %.2f (%d of %d lists at %.0f %% allowed): recall@10 %.3f",
+                        gain, probe, ivf.nlist, 100 * frac, recall)  # fmt: skip
+            return float(gain)
+    return float(FILTER_GAINS[-1])

@@ -340,9 +340,9 @@ class StoreReader:
         self, index: Any, xq: np.ndarray, k: int, where: tuple[str, list[Any]], flt: dict[str, Any]
     ) -> list[tuple[int, float]]:
         """Search only the ids the catalog allows (a faiss ID selector: checked before any
-        distance is computed). An IVF index visits ``nprobe / f`` lists for an allowed fraction
-        ``f`` (as many allowed vectors as an unfiltered search visits vectors; a narrow filter
-        thus scans every list: exact). Hits are verified in SQLite (a deleted episode's vector
+        distance is computed). An IVF index visits ``nprobe * filter_gain / f`` lists for an
+        allowed fraction ``f`` (as many allowed vectors as an unfiltered search visits vectors,
+        times the tuned gain; a narrow filter thus scans every list: exact). Hits are verified in SQLite (a deleted episode's vector
         may linger in the index); deleted ones are dropped from the catalog and the search
         repeated."""
         cat = self._catalog()
@@ -355,7 +355,8 @@ class StoreReader:
             nprobe = None
             if ivf is not None:
                 frac = allowed.size / max(1, index.ntotal)
-                nprobe = int(min(ivf.nlist, np.ceil(ivf.nprobe / frac)))
+                gain = float(getattr(index, "filter_gain", 1.0))  # tuned (memory/indexes.py)
+                nprobe = int(min(ivf.nlist, np.ceil(ivf.nprobe * gain / frac)))
             D, I = index.search(xq, fetch, allowed=allowed, nprobe=nprobe)
             if nprobe is not None and nprobe < ivf.nlist and I[0, -1] < 0:  # lists ran dry
                 D, I = index.search(xq, fetch, allowed=allowed, nprobe=int(ivf.nlist))

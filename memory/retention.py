@@ -288,15 +288,19 @@ def clip_bucket(t: float) -> int:
 
 def clip_budget_plan(
     store: EpisodeStore, policy: RetentionPolicy, buckets: set[tuple[str, int]] | None = None,
-    counts: tuple[Counter[str], int] | None = None,
+    counts: tuple[Counter[str], int] | None = None, final: bool = False,
 ) -> list[int]:  # fmt: skip
     """Episodes whose clips the clip budget drops: in every (source, bucket) of ``buckets``
-    (default: all) whose clips exceed ``policy.clip_bucket_bytes``, the least important ones
-    (ties: the older) until the rest fit. ``counts``: :func:`label_counts` (read if None)."""
+    (default: all) whose clips exceed their budget, the least important ones (ties: the older)
+    until the rest fit. ``counts``: :func:`label_counts` (read if None).
+
+    A bucket's budget is ``policy.clip_bucket_bytes``; with ``final`` (the input has ended: the
+    writer closes, or a prune), a source's last bucket gets its share for the input it covers,
+    up to the end of its last episode (a one-minute file keeps a minute's worth of clips)."""
     from memory.schema import CLIP_TIME
 
-    budget = policy.clip_bucket_bytes
-    if budget is None:
+    full = policy.clip_bucket_bytes
+    if full is None:
         return []
     conn = store._conn
     cols = f"id, source, labels, {CLIP_TIME}, clip_bytes, redundancy"
@@ -313,13 +317,15 @@ def clip_budget_plan(
     groups: dict[tuple[str, int], list] = {}
     for r in raw:
         groups.setdefault((r[1], clip_bucket(r[3])), []).append(r)
-    over = {k: g for k, g in groups.items() if sum(int(r[4]) for r in g) > budget}
+    budgets = {k: _bucket_budget(conn, *k, full) if final else full for k in groups}
+    over = {k: g for k, g in groups.items() if sum(int(r[4]) for r in g) > budgets[k]}
     if not over:
         return []
     counts = counts or label_counts(conn)
     named = _named(conn)
     drop = []
-    for group in over.values():
+    for key, group in over.items():
+        budget = budgets[key]
         total = sum(int(r[4]) for r in group)
         keep = sorted(group, key=lambda r: (importance(json.loads(r[2]), int(r[0]) in named,
                                                        float(r[5]), *counts), int(r[0])))  # fmt: skip
@@ -329,3 +335,20 @@ def clip_budget_plan(
             drop.append(int(r[0]))
             total -= int(r[4])
     return drop
+
+
+def _bucket_budget(conn: sqlite3.Connection, source: str, bucket: int, full: int) -> int:
+    """``full``, or for the source's last bucket its share up to the end of its last episode."""
+    from memory.schema import CLIP_TIME
+
+    start, end = bucket * CLIP_BUCKET_S, (bucket + 1) * CLIP_BUCKET_S
+    later = conn.execute(f"SELECT 1 FROM episodes WHERE source = ? AND {CLIP_TIME} >= ? LIMIT 1",
+                         (source, end)).fetchone()  # fmt: skip
+    if later is not None:
+        return full
+    (last,) = conn.execute(
+        f"SELECT MAX({CLIP_TIME} + t_end - t_start) FROM episodes WHERE source = ? AND "
+        f"{CLIP_TIME} >= ?", (source, start),
+    ).fetchone()  # fmt: skip
+    covered = min(CLIP_BUCKET_S, max(0.0, float(last if last is not None else end) - start))
+    return int(full * covered / CLIP_BUCKET_S)

@@ -123,6 +123,7 @@ class EpisodeStore(StoreReader):
         self.reserve_bytes = int(reserve_bytes)
         self._retention_at = 0.0
         self._clip_dirty: set[tuple[str, int]] = set()  # clip-budget buckets added to
+        self._clip_last: dict[str, int] = {}  # each source's latest bucket added to (on close)
         self._clip_at = 0.0
         self._label_counts: tuple[Any, int, float] | None = None  # (counts, n, monotonic time)
         self._conn = None  # type: ignore[assignment]
@@ -150,9 +151,10 @@ class EpisodeStore(StoreReader):
         """Save unsaved index changes, close SQLite and release the writer lock (idempotent)."""
         with self._lock:
             if self._conn is not None:
-                if not self.readonly and self._clip_dirty:
+                if not self.readonly and (self._clip_dirty or self._clip_last):
                     try:
-                        self.enforce_clip_budget()
+                        self._clip_dirty.update(self._clip_last.items())
+                        self.enforce_clip_budget(final=True)
                     except Exception:  # noqa: BLE001 - closing must go on; the next writer retries
                         logger.exception("clip budget not applied on close")
                 if not self.readonly and hasattr(self, "_ix"):
@@ -229,9 +231,11 @@ class EpisodeStore(StoreReader):
                     raise
                 stored = self._add_after_disk_full(batch, e)
             if self.retention.clip_bucket_bytes is not None:
-                self._clip_dirty.update((ep.source, retention.clip_bucket(
-                    ep.t_start if ep.wall_start is None else ep.wall_start))
-                    for ep in stored if ep.clip is not None)  # fmt: skip
+                for ep in stored:
+                    if ep.clip is not None:
+                        b = retention.clip_bucket(ep.t_start if ep.wall_start is None else ep.wall_start)
+                        self._clip_dirty.add((ep.source, b))
+                        self._clip_last[ep.source] = max(b, self._clip_last.get(ep.source, b))
             self._maybe_enforce_retention()
             return stored
 
@@ -296,14 +300,18 @@ class EpisodeStore(StoreReader):
         and age limits); returns what was (or would be) dropped and forgotten."""
         with self._lock:
             self._require_writer()
-            clips = self.enforce_clip_budget(all_buckets=True, dry_run=dry_run)
+            clips = self.enforce_clip_budget(all_buckets=True, final=True, dry_run=dry_run)
             self._retention_at = time.monotonic()
             report = retention.enforce(self, self.retention, now=now, dry_run=dry_run)
             return {**report, "clips_over_budget": clips}
 
-    def enforce_clip_budget(self, *, all_buckets: bool = False, dry_run: bool = False) -> list[int]:
+    def enforce_clip_budget(
+        self, *, all_buckets: bool = False, final: bool = False, dry_run: bool = False
+    ) -> list[int]:
         """Apply ``retention.clip_mb_per_hour`` to the buckets added to since the last time (or
-        to every bucket); returns the ids whose clips were (or would be) dropped."""
+        to every bucket); ``final``: the input has ended, each source's last bucket gets the
+        budget of the input it covers (:func:`memory.retention.clip_budget_plan`). Returns the
+        ids whose clips were (or would be) dropped."""
         with self._lock:
             self._require_writer()
             self._clip_at = time.monotonic()
@@ -315,7 +323,8 @@ class EpisodeStore(StoreReader):
             if cached is None or time.monotonic() - cached[2] > retention.LABEL_COUNTS_TTL_S:
                 counts, n = retention.label_counts(self._conn)
                 cached = self._label_counts = (counts, n, time.monotonic())
-            ids = retention.clip_budget_plan(self, self.retention, buckets, counts=cached[:2])
+            ids = retention.clip_budget_plan(self, self.retention, buckets, counts=cached[:2],
+                                             final=final)  # fmt: skip
             if dry_run:
                 return ids
             self._clip_dirty.clear()

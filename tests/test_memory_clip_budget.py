@@ -47,24 +47,22 @@ def test_clip_budget_keeps_the_important_clips_per_source_and_bucket(tmp_path: P
         later = [s.add(ep("cam1", CLIP_BUCKET_S + 10.0 * i, "footsteps", rng, tmp_path))
                  for i in range(2)]  # fmt: skip  (the next bucket: within budget)
         other = [s.add(ep("cam2", 10.0 * i, "footsteps", rng, tmp_path)) for i in range(2)]
-        dropped = s.enforce_clip_budget()
+        dropped = s.enforce_clip_budget()  # the input may go on: full budgets
         bytes_after = {e.episode_id: r for e, r in zip(common, s._conn.execute(
             "SELECT bytes, clip_bytes FROM episodes ORDER BY id").fetchall())}  # fmt: skip
-    assert len(dropped) == 4 and rare.episode_id not in dropped  # 6 clips, 2 fit: the rare one stays
-    assert set(dropped) <= {e.episode_id for e in common}
-    assert dropped == [e.episode_id for e in common[:4]]  # equal importance: the older go first
-    with EpisodeStore(tmp_path / "s", readonly=True) as r:
+        assert len(dropped) == 4 and rare.episode_id not in dropped  # 6 clips, 2 fit
+        assert dropped == [e.episode_id for e in common[:4]]  # same importance: older go first
         for e in common[:4]:
-            got = r.get(e.episode_id)
+            got = s.get(e.episode_id)
             assert got.clip is None and "clip budget" in (got.clip_note or "")
             assert got.keyframes == e.keyframes and got.visual is not None  # the episode stays
-            assert not (r.path / e.clip).exists()
+            assert not (s.path / e.clip).exists()
         for e in [common[4], rare, *later, *other]:
-            got = r.get(e.episode_id)
-            assert got.clip and (r.path / got.clip).is_file() and got.clip_note is None
-        assert r.check()["ok"]
-    for i, (nbytes, clip_bytes) in bytes_after.items():
-        assert (clip_bytes == 0) == (i in dropped) and nbytes >= clip_bytes
+            got = s.get(e.episode_id)
+            assert got.clip and (s.path / got.clip).is_file() and got.clip_note is None
+        assert s.check()["ok"]
+        for i, (nbytes, clip_bytes) in bytes_after.items():
+            assert (clip_bytes == 0) == (i in dropped) and nbytes >= clip_bytes
 
 
 def test_clip_budget_is_applied_while_adding_and_on_close(tmp_path: Path, rng, monkeypatch) -> None:
@@ -73,8 +71,8 @@ def test_clip_budget_is_applied_while_adding_and_on_close(tmp_path: Path, rng, m
     monkeypatch.setattr(memory.store, "CLIP_BUDGET_EVERY_S", 1e9)  # only on close
     policy = RetentionPolicy(clip_mb_per_hour=BUDGET_MB_H)
     with EpisodeStore(tmp_path / "s", retention=policy) as s:
-        for i in range(5):
-            s.add(ep("cam1", 10.0 * i, "footsteps", rng, tmp_path))
+        for i in range(5):  # the input covers its whole first bucket (the last ends at 593 s)
+            s.add(ep("cam1", 10.0 * i if i < 4 else 590.0, "footsteps", rng, tmp_path))
         assert s.stats()["clips"]["episodes"] == 5
     with EpisodeStore(tmp_path / "s", readonly=True) as r:
         stats = r.stats()["clips"]
@@ -92,6 +90,18 @@ def test_clip_budget_is_applied_while_adding_and_on_close(tmp_path: Path, rng, m
         assert s.stats()["clips"]["episodes"] == 5
     with pytest.raises(ParameterError):
         RetentionPolicy(clip_mb_per_hour=-1)
+
+
+def test_a_short_input_keeps_its_share_of_the_budget(tmp_path: Path, rng, monkeypatch) -> None:
+    """Clips of a 2-minute file: 2 minutes' worth of the hourly budget once the input ended."""
+    policy = RetentionPolicy(clip_mb_per_hour=10 * BUDGET_MB_H)  # 25 clips per 10 min
+    with EpisodeStore(tmp_path / "s", retention=policy) as s:
+        for i in range(12):  # every 10 s for 2 minutes: 5 clips' worth of budget
+            s.add(ep("short.mp4", 10.0 * i, "knock", rng, tmp_path))
+        assert s.enforce_clip_budget(all_buckets=True) == []  # the input may go on: full budget
+        assert s.stats()["clips"]["episodes"] == 12
+    with EpisodeStore(tmp_path / "s", readonly=True) as r:  # closed: the input ended at 113 s
+        assert r.stats()["clips"]["episodes"] == int(25 * 113 / CLIP_BUCKET_S)
 
 
 def test_live_sources_are_budgeted_by_wall_clock(tmp_path: Path, rng) -> None:

@@ -181,3 +181,26 @@ def test_large_rebuild_runs_in_the_background(tmp_path: Path, small_thresholds, 
         assert s.check()["ok"]
     with EpisodeStore(tmp_path / "s", readonly=True) as r:
         assert r._ix.get("visual").ntotal >= 1609 and r.check()["ok"]
+
+
+def test_nprobe_is_retuned_as_the_index_grows(tmp_path: Path, small_thresholds) -> None:
+    """Between retrains (4x growth), nprobe and the filter gain are tuned again at 2x growth;
+    readers opened afterwards use the new values."""
+    x = clustered(1000, seed=3)
+    with EpisodeStore(tmp_path / "s") as s:
+        for i in range(0, 350, 50):
+            s.add_many(episodes(x[i : i + 50], t0=i))
+        state = s._ix._states["visual"]
+        built = state.built_n
+        assert s._ix.get("visual").ivf is not None and state.tuned_n == built >= 300
+        assert state.filter_gain in memory.indexes.FILTER_GAINS
+        for i in range(350, 2 * built + 50, 50):
+            s.add_many(episodes(x[i : i + 50], t0=i))
+        index = s._ix.get("visual")
+        assert state.built_n == built and state.tuned_n >= 2 * built  # re-tuned, not retrained
+        assert state.nprobe == index.nprobe and 1 <= index.nprobe <= index.ivf.nlist
+        assert index.filter_gain == state.filter_gain
+        tuned = (index.nprobe, index.filter_gain)
+    with EpisodeStore(tmp_path / "s", readonly=True) as r:
+        index = r._ix.get("visual")
+        assert (index.nprobe, index.filter_gain) == tuned
