@@ -513,10 +513,11 @@ def store_prune(ctx, max_gb, max_age_days, dry_run, store_dir, config_path, as_j
         cfg = _app(store_dir, config_path).config.retention
         cfg = cfg.model_copy(update={k: v for k, v in (("max_gb", max_gb), ("max_age_days", max_age_days)) if v is not None})
         st.retention = cfg.policy()
-        if not st.retention.active:
-            raise ConfigError("no retention limits: set retention.max_gb / max_age_days in the config, or pass --max-gb / --max-age-days")
+        if not st.retention.active and st.retention.clip_bucket_bytes is None:
+            raise ConfigError("no retention limits: set retention.max_gb / max_age_days / clip_mb_per_hour in the config, or pass --max-gb / --max-age-days")
         report = st.enforce_retention(dry_run=dry_run)
-        return {"forgotten": report["forgotten"], "by_age": report["age"], "by_size": report["size"],
+        return {"forgotten": report["forgotten"], "clips_dropped": report["clips_over_budget"],
+                "by_age": report["age"], "by_size": report["size"],
                 "bytes_before": report["bytes_before"], "bytes_after_estimate": report["bytes_after_estimate"],
                 "dry_run": dry_run}  # fmt: skip
 

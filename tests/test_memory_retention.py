@@ -192,7 +192,12 @@ def test_store_forget_and_prune_cli(tmp_path: Path, rng) -> None:
     assert r.returncode == 2 and "no episode with id 1" in json.loads(r.stdout)["error"]
     r = eidetic("store", "forget", "--store", str(store))
     assert r.returncode == 2 and "EPISODE_ID" in r.stderr
-    r = eidetic("store", "prune", "--store", str(store), "--json")
+    r = eidetic("store", "prune", "--dry-run", "--store", str(store), "--json")
+    assert r.returncode == 0, r.stderr  # the default clip budget is a limit (no clips here)
+    assert json.loads(r.stdout)["clips_dropped"] == [] and json.loads(r.stdout)["forgotten"] == 0
+    no_limits = tmp_path / "no_limits.yaml"
+    no_limits.write_text("retention:\n  clip_mb_per_hour: null\n")
+    r = eidetic("store", "prune", "--config", str(no_limits), "--store", str(store), "--json")
     assert r.returncode == 2 and "no retention limits" in json.loads(r.stdout)["error"]
     r = eidetic("store", "prune", "--max-age-days", "1.5", "--store", str(store), "--json")
     assert r.returncode == 0, r.stderr
