@@ -8,8 +8,9 @@ RGB histograms of the object and of its surroundings, like ObjectFlow/BVS). The 
 model is the mean over ``context_k`` keyframes chosen from its bounded
 :class:`~tracker.keyframes.KeyframeMemory` (the reference plus those most like the current
 appearance, HQ-SMem style); the background model follows the scene (appearance update). The
-``"quality"`` preset adds an edge-aware guided filter of the probability map, which snaps
-boundaries to image edges. A colour-refined mask is only accepted when it agrees with the warped
+``"quality"`` preset then decides the mask by a graph cut of the probability map with
+contrast-sensitive smoothness (:mod:`tracker.graphcut`), which snaps boundaries to image edges
+and removes speckle (an edge-aware guided filter of the map is the other, unused, option). A colour-refined mask is only accepted when it agrees with the warped
 one, which keeps a bad colour decision from replacing a good flow estimate.
 
 With a ``refiner`` (a prompted :class:`~models.segmenters.base.Segmenter`, e.g. SAM-HQ), every
@@ -30,6 +31,7 @@ import numpy as np
 
 from models.errors import ParameterError
 from models.segmenters.base import Segmenter, bbox_of
+from tracker.graphcut import graph_cut
 from tracker.keyframes import KeyframeMemory
 from tracker.propagate import DIS_PRESETS, FlowPropagator
 from tracker.refine import GATE_IOU, RefinementGate, guided_filter, mask_iou
@@ -59,7 +61,11 @@ class VOSPreset:
     guided_eps: edge-aware guided filter of the probability map (radius as a fraction of the
     diagonal, at least 1 px; 0: off); median_px:
     median filter of the refined mask (removes speckle; 0 or 1: off); bins: colour histogram
-    levels per channel.
+    levels per channel; cut_gamma: weight of the contrast-sensitive smoothness of a graph cut
+    of the probability map (:func:`tracker.graphcut.graph_cut`, replaces thresholding and the
+    median filter; 0: off), run on the object's box grown by ``cut_margin`` of the diagonal;
+    cut_agree: the cut is used only if its IoU with the thresholded map is at least this (the
+    smoothness term can erase a small object).
     """
 
     flow_scale: float = 0.5
@@ -75,6 +81,9 @@ class VOSPreset:
     guided_eps: float = 1e-4
     median_px: int = 5
     bins: int = 16
+    cut_gamma: float = 0.0
+    cut_margin: float = 0.04
+    cut_agree: float = 0.0
 
     def __post_init__(self) -> None:
         if self.flow_preset not in DIS_PRESETS:
@@ -83,12 +92,14 @@ class VOSPreset:
             )
         if self.median_px > 1 and self.median_px % 2 == 0:
             raise ParameterError(f"median_px must be odd, got {self.median_px!r}")
+        if self.cut_gamma < 0 or self.cut_margin < 0 or not 0 <= self.cut_agree <= 1:
+            raise ParameterError(f"need cut_gamma, cut_margin >= 0, cut_agree in [0, 1]: {self}")
         if self.guided_radius < 0 or self.context_k < 1:
             raise ParameterError(f"need guided_radius >= 0 and context_k >= 1, got {self}")
 
 
 PRESETS: dict[str, VOSPreset] = {
-    "quality": VOSPreset(),
+    "quality": VOSPreset(guided_radius=0, cut_gamma=3.0, cut_agree=0.5),
     "fast": VOSPreset(flow_preset="ultrafast", prior_sigma=0.008, guided_radius=0),
 }
 
@@ -148,8 +159,8 @@ class VOSTracker:
     Parameters
     ----------
     preset : {"quality", "fast"} or VOSPreset, keyword-only
-        ``"quality"``: flow warp, colour refinement and guided filter; ``"fast"``: a cheaper
-        flow and no guided filter.
+        ``"quality"``: flow warp, colour refinement and graph cut; ``"fast"``: a cheaper flow,
+        the probability map thresholded and median-filtered.
     keyframe_budget : int, keyword-only
         Keyframes kept per object (reference included).
     keyframe_gap : int, keyword-only
@@ -188,6 +199,7 @@ class VOSTracker:
         self._colour = ColourModel(bins=preset.bins)
         self._objects: list[_Object] = []
         self._prev: np.ndarray | None = None
+        self._image: np.ndarray | None = None
         self._frame_idx = -1
         self._dtype = np.dtype(np.uint8)
         self._counts = {"frames": 0, "colour_refined": 0, "lost": 0, "reacquired": 0}
@@ -226,6 +238,7 @@ class VOSTracker:
         if image.shape != self._prev.shape:
             raise ParameterError(f"frame shape {image.shape} != first frame's {self._prev.shape}")
         self._frame_idx += 1
+        self._image = image
         flow = self._flow.flow(self._prev, image)
         idx = self._colour.index(image) if self.preset.refine else None
         grey = None
@@ -288,6 +301,10 @@ class VOSTracker:
         if self.preset.median_px > 1:
             refined = cv2.medianBlur(refined, self.preset.median_px)
         refined = refined > 0
+        if self.preset.cut_gamma > 0 and (coarse.any() or refined.any()):
+            cut = self._cut(post, coarse | refined)
+            if mask_iou(cut, refined) >= self.preset.cut_agree:
+                refined = cut
         agree = mask_iou(refined, coarse)
         denied = coarse.any() and float(post[coarse].mean()) < VANISHED_POSTERIOR
         obj.denied = obj.denied + 1 if denied else 0
@@ -296,6 +313,18 @@ class VOSTracker:
             self._counts["colour_refined"] += 1
             return _Decision(post, refined, agree)
         return _Decision(soft, coarse, agree)
+
+    def _cut(self, post: np.ndarray, support: np.ndarray) -> np.ndarray:
+        """Graph cut of ``post`` on the box of ``support`` grown by ``cut_margin``; 0 outside."""
+        h, w = post.shape
+        r = max(3, round(self.preset.cut_margin * float(np.hypot(h, w))))
+        x0, y0, x1, y1 = (int(v) for v in bbox_of(support))
+        y0, y1, x0, x1 = max(0, y0 - r), min(h, y1 + r + 1), max(0, x0 - r), min(w, x1 + r + 1)
+        out = np.zeros((h, w), dtype=bool)
+        out[y0:y1, x0:x1] = graph_cut(
+            self._image[y0:y1, x0:x1], post[y0:y1, x0:x1], gamma=self.preset.cut_gamma
+        )
+        return out
 
     def _snap_to_edges(self, post: np.ndarray, coarse: np.ndarray, grey: np.ndarray) -> np.ndarray:
         """Guided-filter ``post`` by ``grey``, only in a band around the warped boundary.
