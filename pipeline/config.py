@@ -155,7 +155,7 @@ class TriggerConfig(_Section):
         "trigger).",
     )
     threshold: float = Field(
-        0.5, gt=0, le=1, description="Class probability that triggers (per-class default)."
+        0.6, gt=0, le=1, description="Class probability that triggers (per-class default)."
     )
     class_thresholds: dict[str, float] = Field(
         {"drinking_sipping": 0.7, "toilet_flush": 0.7, "brushing_teeth": 0.7},
@@ -174,6 +174,24 @@ class TriggerConfig(_Section):
     )
     refractory_s: float = Field(
         2.0, ge=0, le=60, description="Sounds this close (s) to a trigger's last sound join it."
+    )
+    sustain: float = Field(
+        0.3, ge=0, le=1,
+        description="Once a sound is trigger evidence, following patches whose evidence reaches "
+        "this fraction of their threshold extend its capture (1: only evidence does).",
+    )
+    min_capture_s: float = Field(
+        1.0, ge=0, le=60, description="Each sound that triggers is captured at least this long "
+        "from its start (s).",
+    )
+    cap_runs: bool = Field(
+        True, description="Sounds of one trigger whose windows touch share one max_capture_s "
+        "(a sound heard in pieces costs no more than one heard whole).",
+    )
+    evidence_tail_s: float = Field(
+        0.48, ge=0, le=0.96,
+        description="A kept sound is captured at least this far (s) into its last 0.96 s patch "
+        "of evidence.",
     )
     class_background_s: float = Field(
         20.0, ge=0, le=600,

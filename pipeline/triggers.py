@@ -218,14 +218,17 @@ class TriggerPolicy:
     - labelled with a trigger class whose probability reaches that class's threshold, or
     - scored as a domestic interaction with probability ≥ ``interaction_threshold``,
 
-    and the capture budget allows it (accepted capture time over the last ``rate_window_s``
-    stays under ``max_capture_fraction`` of it). Otherwise END has ``accepted=False`` and its
-    window is dropped. Hysteresis: once a trigger is accepted, its other sounds extend its span
-    if their evidence reaches ``1 - hysteresis`` of their threshold (a fading series of knocks
-    or steps is captured whole). Each kept sound is captured from its onset to its end or, if
-    later, ``EVIDENCE_TAIL_S`` into its last patch of trigger evidence, at most
-    ``max_capture_s``, plus the rolls. Every sound heard is kept in :attr:`events` with its
-    label and the span the gate (or the scan) heard, whether it triggered or not.
+    and the capture budget allows some of it (accepted capture time over the last
+    ``rate_window_s`` stays under ``max_capture_fraction`` of it: a trigger that does not fit
+    whole is cut short). Otherwise END has ``accepted=False`` and its window is dropped.
+    Hysteresis: once a trigger is accepted, its other sounds extend its span if their evidence
+    reaches ``1 - hysteresis`` of their threshold (a fading series of knocks or steps is captured
+    whole). Each kept sound is captured from its onset to its end or, if later,
+    ``evidence_tail_s`` into its last patch of trigger evidence (with ``sustain`` < 1, the
+    patches right after evidence that reach ``sustain`` of their threshold continue it), at least
+    ``min_capture_s`` if it triggered, at most ``max_capture_s``, plus the rolls. Every sound
+    heard is kept in :attr:`events` with its label and the span the gate (or the scan) heard,
+    whether it triggered or not.
 
     Without a classifier (``detector: energy``) every gate sound is accepted as ``"sound"``.
 
@@ -265,6 +268,19 @@ class TriggerPolicy:
         probabilities and interaction score count as evidence only by how much they exceed their
         median over the patches of the last ``class_background_s`` seconds: ``(p - m) / (1 - m)``
         (a room whose rain reads as "pouring water" all along does not trigger, a pour does).
+    sustain : float
+        Once a sound has a patch of trigger evidence, each following patch (one hop later)
+        whose evidence reaches this fraction of its threshold extends the sound's capture, and
+        the trigger stays open for the next patch (1: only evidence extends; a flush fading into
+        the rain is quieter than a trigger but louder than the room).
+    evidence_tail_s : float
+        A kept sound is captured at least this far (s) into its last patch of evidence.
+    min_capture_s : float
+        Each sound that triggers is captured at least this long (s) from its onset.
+    cap_runs : bool
+        Kept sounds of one trigger whose padded windows touch form a run captured at most
+        ``max_capture_s`` from its start (a sound the gate hears in pieces costs no more than
+        one heard whole).
     """
 
     def __init__(
@@ -287,12 +303,17 @@ class TriggerPolicy:
         max_window_s: float = 20.0,
         max_capture_s: float | None = None,
         class_background_s: float = 0.0,
+        sustain: float = 1.0,
+        evidence_tail_s: float = EVIDENCE_TAIL_S,
+        min_capture_s: float = 0.0,
+        cap_runs: bool = False,
     ) -> None:
         _check_tunables(
             pre_roll_s=pre_roll_s, post_roll_s=post_roll_s, max_window_s=max_window_s,
             refractory_s=refractory_s, threshold=threshold, hysteresis=hysteresis,
             interaction_threshold=interaction_threshold, rate_window_s=rate_window_s,
             max_capture_fraction=max_capture_fraction, class_background_s=class_background_s,
+            sustain=sustain, evidence_tail_s=evidence_tail_s,
         )  # fmt: skip
         if rate_window_s <= 0 or max_capture_fraction <= 0:
             raise ConfigError("trigger rate_window_s and max_capture_fraction must be > 0")
@@ -308,6 +329,10 @@ class TriggerPolicy:
         self.threshold = float(threshold)
         self.interaction_threshold = float(interaction_threshold)
         self.hysteresis = float(hysteresis)
+        self.sustain = float(sustain)
+        self.min_capture_s = float(min_capture_s)
+        self.cap_runs = bool(cap_runs)
+        self.evidence_tail_s = float(evidence_tail_s)
         self.max_capture_fraction = float(max_capture_fraction)
         self.rate_window_s = float(rate_window_s)
         custom = {s.name: s for s in self.custom_sounds}
@@ -334,6 +359,7 @@ class TriggerPolicy:
         self._bg: list[np.ndarray] = []
         self._ring = _MelRing() if classifier is not None else None
         self._next_patch = 0  # segment frame number where the next patch starts
+        self._last_t0 = -math.inf  # start (s) of the latest classified patch
         self._queue: list = []  # patches cut but not classified yet: (float32[96, 64], start_s)
         self._streaming = hasattr(detector, "open_onset")
         if self._ring is not None:
@@ -383,6 +409,9 @@ class TriggerPolicy:
             rate_window_s=cfg.rate_window_s,
             pre_roll_s=cfg.pre_roll_s, post_roll_s=cfg.post_roll_s, max_window_s=cfg.max_window_s,
             max_capture_s=cfg.max_capture_s, class_background_s=cfg.class_background_s,
+            sustain=cfg.sustain, evidence_tail_s=cfg.evidence_tail_s,
+            min_capture_s=cfg.min_capture_s,
+            cap_runs=cfg.cap_runs,
         )  # fmt: skip
 
     @property
@@ -458,8 +487,20 @@ class TriggerPolicy:
                 if self._open is not None and s in self._open.sounds:
                     self._open.sounds.remove(s)
 
-    def _busy(self, o: _Trigger) -> bool:
-        return any(not s.final for s in o.sounds)
+    def _busy(self, o: _Trigger, *, final: bool = False) -> bool:
+        """Whether ``o`` must stay open: a sound of it is not final, or (``sustain`` < 1, not at
+        the end of the stream) the latest patch continued a sound's evidence and the next one
+        may too (while that sound is within ``max_capture_s`` of its start)."""
+        if any(not s.final for s in o.sounds):
+            return True
+        if final or self.sustain >= 1.0:
+            return False
+        cap = math.inf if self.max_capture_s is None else self.max_capture_s
+        return any(
+            s.ev_last is not None and s.ev_last >= self._last_t0 - EPS_S
+            and s.ev_last < s.onset + cap
+            for s in o.sounds
+        )  # fmt: skip
 
     def _step(self, found: list[AudioEvent], *, now: float, final: bool) -> list[TriggerEvent]:
         out, self._pending_out = self._pending_out, []
@@ -479,7 +520,9 @@ class TriggerPolicy:
         else:
             out += self._scan(final=final, now=now)
         o = self._open
-        if o is not None and not self._busy(o) and (final or now >= o.t_end + self.refractory_s - EPS_S):
+        if o is not None and not self._busy(o, final=final) and (
+            final or now >= o.t_end + self.refractory_s - EPS_S
+        ):
             out += self._end()
         return out
 
@@ -511,6 +554,7 @@ class TriggerPolicy:
             pred = self.classifier.predict(np.stack([q[0] for q in queue]))
             for i, (_, t0) in enumerate(queue):
                 patch = self._judge(t0, pred.probs[i], float(pred.interaction[i]), pred.embedding[i])
+                self._last_t0 = t0
                 out += self._assign(patch)
             queue.clear()
         # start time of the first patch not classified yet
@@ -546,6 +590,8 @@ class TriggerPolicy:
         if hit or not p.accepted:
             for s in scans:
                 s.misses += 1
+            if not hit:
+                self._sustain(p)
             return out
         if scans:
             s = scans[-1]
@@ -561,10 +607,31 @@ class TriggerPolicy:
         self._add(s, p)
         return out
 
+    def _sustains(self, s: _Sound, p: _Patch) -> bool:
+        """Whether ``p`` continues the trigger evidence of ``s``: it follows the last patch of
+        that evidence within one hop and reaches ``sustain`` of its threshold."""
+        return (
+            s.ev_last is not None and p.strength >= self.sustain
+            and p.t0 - s.ev_last <= PATCH_HOP * 0.01 + EPS_S
+        )  # fmt: skip
+
+    def _sustain(self, p: _Patch) -> None:
+        """A patch heard by no sound that continues the evidence of one of the open trigger's
+        sounds (see :meth:`_sustains`) extends that sound's capture (a fading flush, steps going
+        on under the rain: quieter than a trigger, louder than the room)."""
+        o = self._open
+        if o is None or p.accepted:
+            return
+        for s in reversed(o.sounds):
+            if self._sustains(s, p):
+                s.ev_last = p.t0
+                o.t_end = max(o.t_end, p.t0 + self.evidence_tail_s)
+                return
+
     def _add(self, s: _Sound, p: _Patch) -> None:
         s.emb = np.array(p.embedding, dtype=np.float64) if s.emb is None else s.emb + p.embedding
         s.n_patches += 1
-        if p.accepted:
+        if p.accepted or self._sustains(s, p):
             s.ev_last = p.t0 if s.ev_last is None else max(s.ev_last, p.t0)
         if s.best is None or (p.accepted, p.strength) > (s.best.accepted, s.best.strength):
             s.best = p
@@ -662,8 +729,8 @@ class TriggerPolicy:
             o.label, o.score = best.label, best.score
             o.t_start = min(s.onset for s in keep)
             o.t_end = max(s.end if s.end is not None else s.onset for s in keep)
-        spans = [self._capped(*self._span(s)) for s in keep]
-        ok = bool(keep) and self._within_budget(o, spans)
+        spans = self._within_budget(o, self._cap_runs([self._capped(*self._span(s)) for s in keep]))
+        ok = any(sp is not None for sp in spans)
         end = self._message(TriggerState.END, o.t_end, accepted=ok)
         logger.debug(
             "stream %s trigger %d: %s %.3f-%.3f s (score %.2f) %s",
@@ -673,9 +740,9 @@ class TriggerPolicy:
         self._ended.append(end)
         if ok:  # each kept sound is captured from its start (at most max_capture_s of it)
             self._capture += [
-                dataclasses.replace(end, label=k.label, score=k.score, t_start=a, t_end=b)
-                for k, (a, b) in zip(keep, spans)
-            ]
+                dataclasses.replace(end, label=k.label, score=k.score, t_start=sp[0], t_end=sp[1])
+                for k, sp in zip(keep, spans) if sp is not None
+            ]  # fmt: skip
         self._open = None
         return [end]
 
@@ -686,29 +753,72 @@ class TriggerPolicy:
         part); a patch that is still evidence says the sound goes on."""
         a, b = s.onset, s.end if s.end is not None else s.onset
         if s.ev_last is not None:
-            b = max(b, s.ev_last + EVIDENCE_TAIL_S)
+            b = max(b, s.ev_last + self.evidence_tail_s)
+        if s.accepted:
+            b = max(b, a + self.min_capture_s)
         return a, b
 
     def _capped(self, t0: float, t1: float) -> tuple[float, float]:
         return t0, t1 if self.max_capture_s is None else min(t1, t0 + self.max_capture_s)
 
-    def _within_budget(self, o: _Trigger, spans: list[tuple[float, float]]) -> bool:
-        """Record the trigger's padded spans unless they would exceed the capture-rate limit."""
-        padded = [(a - self.pre_roll_s, b + self.post_roll_s) for a, b in spans]
-        t = max(b for _, b in padded)
-        lo = t - self.rate_window_s
-        self._captured = [(a, b) for a, b in self._captured if b > lo]
+    def _cap_runs(self, spans: list[tuple[float, float]]) -> list[tuple[float, float] | None]:
+        """With ``cap_runs``: spans whose padded windows would touch form a run, and a run is
+        captured at most ``max_capture_s`` from its start (one sound the gate heard in pieces
+        costs no more than one heard whole); spans starting after that are dropped (None)."""
+        if not self.cap_runs or self.max_capture_s is None:
+            return list(spans)
+        out: list[tuple[float, float] | None] = [None] * len(spans)
+        gap = self.pre_roll_s + self.post_roll_s
+        run_start, run_end = -math.inf, -math.inf
+        for i in sorted(range(len(spans)), key=lambda j: spans[j]):
+            a, b = spans[i]
+            if a > run_end + gap + EPS_S:
+                run_start, run_end = a, b
+            limit = run_start + self.max_capture_s
+            if a < limit - EPS_S:
+                out[i] = (a, min(b, limit))
+            run_end = max(run_end, min(b, limit))
+        return out
+
+    def _excess_capture(self, padded: list[tuple[float, float]]) -> float:
+        """Seconds by which recording ``padded`` would exceed the capture-rate limit over the
+        ``rate_window_s`` ending where it ends (0: it fits, or adds nothing new)."""
+        lo = max(b for _, b in padded) - self.rate_window_s
         used = sum(b - max(a, lo) for a, b in merge_spans(self._captured) if b > lo)
         total = sum(b - max(a, lo) for a, b in merge_spans([*self._captured, *padded]) if b > lo)
-        if total > self.max_capture_fraction * self.rate_window_s + EPS_S and total > used:
+        if total <= used + EPS_S:
+            return 0.0
+        return max(0.0, total - self.max_capture_fraction * self.rate_window_s)
+
+    def _within_budget(
+        self, o: _Trigger, spans: list[tuple[float, float] | None]
+    ) -> list[tuple[float, float] | None]:
+        """Record the trigger's spans as far as the capture-rate limit allows: in time order,
+        each whole if it fits, else cut short to what fits (None: nothing of it fits)."""
+        out: list[tuple[float, float] | None] = [None] * len(spans)
+        if not any(sp is not None for sp in spans):
+            return out
+        lo = max(sp[1] for sp in spans if sp is not None) + self.post_roll_s - self.rate_window_s
+        self._captured = [(a, b) for a, b in self._captured if b > lo]
+        cut = False
+        for i in sorted((j for j in range(len(spans)) if spans[j] is not None), key=lambda j: spans[j]):
+            a, b = spans[i]
+            for _ in range(4):  # cutting moves the rate window: re-check a few times
+                over = self._excess_capture([(a - self.pre_roll_s, b + self.post_roll_s)])
+                if over <= EPS_S:
+                    break
+                b, cut = b - over, True
+            if b > a + EPS_S and over <= EPS_S:
+                out[i] = (a, b)
+                self._captured.append((a - self.pre_roll_s, b + self.post_roll_s))
+        if cut:
             logger.warning(
-                "stream %s: trigger %d (%s at %.1f s) dropped: capture rate over %.0f%% of %.0f s",
+                "stream %s: trigger %d (%s at %.1f s) %s: capture rate over %.0f%% of %.0f s",
                 self.stream_id, o.trigger_id, o.label, o.t_start,
+                "cut short" if any(out) else "dropped",
                 100 * self.max_capture_fraction, self.rate_window_s,
             )  # fmt: skip
-            return False
-        self._captured += padded
-        return True
+        return out
 
 
 def load_classifier(cfg: TriggerConfig):
