@@ -17,8 +17,9 @@ Measures on the same file, interleaved ``--repeat`` times (median and spread rep
 
 Ratios are ffmpeg's wall time over each one (higher is faster). The CPU is shared: ``uptime`` is
 printed before and after, and CPU seconds (user + sys; children included for ffmpeg) are reported
-next to wall seconds because they depend less on the other load (for ``eidetic_ingest`` only
-the driver process is counted: Ray workers are not its children). ``--skip-live`` leaves out the
+next to wall seconds because they depend less on the other load (for ``eidetic_ingest``,
+``cpu_s`` is the driver and the children it reaped; ``tree_cpu_s`` counts every process, and
+``ffmpeg_cpu_over_eidetic_ingest_cpu`` compares it with ffmpeg's). ``--skip-live`` leaves out the
 live-stream figures (:mod:`benchmarks.live_cost`). Writes ``benchmarks/results/ingest_speed.json``.
 """
 
