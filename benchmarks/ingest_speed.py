@@ -10,6 +10,9 @@ Measures on the same file, interleaved ``--repeat`` times (median and spread rep
   policy (default config) + video decoded only inside the capture windows, sampled at
   ``ingest.perception_fps`` (2 fps);
 - ``every_frame``: ``iter_video`` with every frame decoded and converted (``--every-frame``);
+- ``work_no_ray``: the ingest path plus what ``eidetic ingest`` does with its frames (segmenter +
+  tracker per window, episodes, keyframes and clips stored in a temporary store), in one process
+  without Ray: what the work itself costs, to set against ``eidetic_ingest``;
 - ``eidetic_ingest``: the ``eidetic ingest F`` command end to end (Ray start, actors, perception,
   store), default config, in a fresh process. Its ``tree_cpu_s`` is the CPU time of the whole
   process tree (the driver, Ray's head processes and every worker, sampled from ``/proc`` every
@@ -26,6 +29,7 @@ live-stream figures (:mod:`benchmarks.live_cost`). Writes ``benchmarks/results/i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -99,6 +103,52 @@ def run_ingest_path(media: Path) -> dict:
     captured = sum(w.t_end - w.t_start for w in windows)
     return {"windows": len(windows), "captured_s": round(captured, 1), "capture_fraction": round(captured / end, 3),
             "frames_decoded": log.decoded, "frames_kept": kept, "seeks": log.seeks}  # fmt: skip
+
+
+def run_work_no_ray(media: Path) -> dict:
+    from memory.episodes import EpisodeBuilder
+    from memory.store import EpisodeStore
+    from models import registry
+    from pipeline.clips import clip_for_store
+    from pipeline.config import load_config
+    from pipeline.ingest import iter_audio, iter_video
+    from pipeline.perception import build_segmenter, refinement_kwargs
+    from pipeline.triggers import TriggerPolicy
+    from tracker.tracker import Tracker
+
+    cfg = load_config(environ={})
+    policy = TriggerPolicy.from_config("bench", cfg.trigger)
+    end = 0.0
+    for chunk in iter_audio(str(media), stream_id="bench", chunk_s=cfg.ingest.chunk_s):
+        policy.feed(chunk)
+        end = chunk.t_end
+    policy.flush()
+    windows = policy.windows(end)
+    frames = list(iter_video(
+        str(media), stream_id="bench", windows=[(w.t_start, w.t_end) for w in windows],
+        fps=cfg.ingest.perception_fps, max_side=cfg.ingest.max_side, fast=cfg.ingest.fast_decode,
+    ))  # fmt: skip
+    p = cfg.perception
+    segmenter, embedder = build_segmenter(p), registry.create(registry.EMBEDDERS, "classical")
+    with tempfile.TemporaryDirectory(prefix="eidetic-bench-") as d:
+        store = EpisodeStore(Path(d), jpeg_quality=cfg.memory.jpeg_quality, retention=cfg.retention.policy())
+        for w in windows:
+            tracker = Tracker(segmenter, embedder, stream_id="bench", max_objects=p.max_objects,
+                              keyframe_budget=p.keyframe_budget, min_area_frac=p.min_object_area,
+                              max_lost=p.max_objects, **refinement_kwargs(p, segmenter))  # fmt: skip
+            builder = EpisodeBuilder(str(media), keyframes_per_episode=cfg.memory.keyframes_per_episode, embedder=embedder)
+            builder.begin(w.t_start, labels=w.labels)
+            for f in (f for f in frames if w.t_start <= f.t <= w.t_end):
+                perception = tracker.step(f.image, f.t, frame_idx=f.frame_idx)
+                builder.add(perception)
+                builder.add_frame(f.image, perception.t, perception.frame_idx)
+            episode, images = builder.end(w.t_end)
+            if cfg.memory.clips:  # as the MemoryActor does
+                clip = clip_for_store(str(media), w.t_start, w.t_end, store.path)
+                episode = dataclasses.replace(episode, clip=str(clip)) if clip is not None else episode
+            store.add(episode, images)
+        store.close()
+    return {"windows": len(windows), "frames_processed": len(frames)}
 
 
 def run_every_frame(media: Path) -> dict:
@@ -217,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     _warm()
     stages = {
         "ffmpeg": run_ffmpeg, "pyav_decode": run_pyav, "ingest_path": run_ingest_path,
-        "every_frame": run_every_frame, "eidetic_ingest": run_eidetic,
+        "every_frame": run_every_frame, "work_no_ray": run_work_no_ray, "eidetic_ingest": run_eidetic,
     }  # fmt: skip
     stages = {k: v for k, v in stages.items() if k not in args.skip}
     runs: dict[str, list[dict]] = {k: [] for k in stages}
