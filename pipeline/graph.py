@@ -23,6 +23,8 @@ MEDIA_SUFFIXES = {
     ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus",
 }
 POLL_S = 0.25  # progress polling period
+STOP_GRACE_S = 0.1  # Ray's processes get this long after SIGTERM, then SIGKILL (see stop_ray)
+CLOSE_WAIT_S = 5.0  # how long the end of a run waits for the driver's audio scan to finish
 
 # hook(source, stage, done, total): called while a source is ingested (done/total in seconds)
 ProgressHook = Callable[[str, str, float, float], None]
@@ -89,8 +91,10 @@ def stop_ray() -> None:
 
     Ray stops its head processes one after the other, giving each one second to exit after
     SIGTERM: about 5 s of every ``eidetic ingest`` on a loaded box. Here they all get SIGTERM
-    together, then SIGKILL after one second; the store is closed before this is called, so
-    nothing is lost either way.
+    together, then SIGKILL after :data:`STOP_GRACE_S`: measured with Ray 2.60, none of the GCS
+    server, raylet, monitor, dashboard or log monitor exits within 5 s of SIGTERM, so a longer
+    grace only waits. The store and the journal are closed or committed before this is called,
+    so nothing is lost.
     """
     import ray
 
@@ -104,7 +108,7 @@ def stop_ray() -> None:
         procs = [p for p in procs if p.poll() is None]
         for p in procs:
             p.terminate()
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + STOP_GRACE_S
         for p in procs:
             try:
                 p.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -174,11 +178,16 @@ def run_ingest(
     files stop after their current window; the journal lets the next run resume).
     """
     jobs, reports = probe_all(sources, cfg)
+    stop = stop or threading.Event()
     if jobs:
-        started = start_ray(cfg)
+        prescan = AudioPrescan.start(jobs, cfg, stop)  # audio goes on while Ray starts
+        started = False
         try:
-            reports.extend(Runner(jobs, cfg, hook, stop or threading.Event()).run())
+            started = start_ray(cfg)
+            reports.extend(Runner(jobs, cfg, hook, stop, prescan).run())
         finally:
+            if prescan is not None:
+                prescan.close()
             if started:
                 stop_ray()
     order = {s: i for i, s in enumerate(expand_sources(sources))}
@@ -186,15 +195,121 @@ def run_ingest(
     return {"sources": reports, "episodes_total": sum(r["episodes"] for r in reports)}
 
 
+def stream_id_of(job: Job, index: int) -> str:
+    """The stream id of the ``index``-th source started (live sources first, then files)."""
+    return f"{index}:{Path(job.name).name or job.name}"
+
+
+class AudioPrescan:
+    """The audio pass of the first file, run in this (driver) process while Ray starts.
+
+    A local Ray takes seconds to start on a small machine, and the audio pass needs no Ray: a
+    thread here scans the file's audio shards in order, with the very function the Ray tasks run
+    (same shards, same arguments, same results), and each result goes to the file's IngestActor
+    (``give_scan``) as soon as that actor exists, so its video pass starts as soon as Ray is up
+    while the later shards are still being scanned here. One process also loads the audio model
+    once instead of once per task worker. Shards already in the journal are not scanned.
+    """
+
+    def __init__(self, job: Job, stream_id: str, cfg: ServiceConfig, stop: threading.Event) -> None:
+        from pipeline.actors.ingest_actor import audio_spans, journal_key
+        from pipeline.journal import Journal
+
+        self.job, self.stream_id, self.cfg, self.stop = job, stream_id, cfg, stop
+        named = source_name(job.spec.target)
+        audio = source_name(job.spec.audio.target) if job.spec.audio is not None else None
+        self.source = audio or named
+        self.spans = audio_spans(job.info, cfg)
+        key = journal_key(named, audio)
+        journal = Journal(cfg.store.path)
+        try:
+            done = journal.has(key, "file")
+            self.shards = () if done else tuple(
+                k for k in range(len(self.spans)) if not journal.has(key, "audio", shard=k)
+            )  # fmt: skip
+        finally:
+            journal.close()
+        self.lock = threading.Lock()
+        self.pending: dict[int, dict | None] = {}
+        self.actor: Any = None
+        self.closed = False
+        self.thread = threading.Thread(target=self._work, name="audio-prescan", daemon=True)
+
+    @classmethod
+    def start(cls, jobs: list[Job], cfg: ServiceConfig, stop: threading.Event) -> AudioPrescan | None:
+        """A running prescan of the first file with audio, when this process is about to start
+        a local Ray (a running or remote Ray has no start-up to hide); else None."""
+        import ray
+
+        if cfg.ray.address or ray.is_initialized():
+            return None
+        n_live = sum(1 for j in jobs if j.spec.live)
+        files = [j for j in jobs if not j.spec.live]
+        if not files or files[0].info is None or not files[0].info.has_audio:
+            return None
+        prescan = cls(files[0], stream_id_of(files[0], n_live), cfg, stop)
+        if not prescan.shards:
+            return None
+        logger.info("%s: audio shards %s scanned in this process while Ray starts",
+                    files[0].name, list(prescan.shards))  # fmt: skip
+        prescan.thread.start()
+        return prescan
+
+    def attach(self, actor: Any) -> None:
+        """Hand the shards scanned so far to the file's actor, and the later ones as they come."""
+        with self.lock:
+            self.actor = actor
+            for k, scan in sorted(self.pending.items()):
+                actor.give_scan.remote(k, scan)
+            self.pending.clear()
+
+    def close(self) -> None:
+        """Stop scanning and hand nothing more over (the shard being scanned is dropped)."""
+        with self.lock:
+            self.closed = True
+        if self.thread.is_alive():  # a long shard is not waited for: its result goes nowhere
+            self.thread.join(timeout=CLOSE_WAIT_S)
+
+    def _work(self) -> None:
+        import signal
+
+        from pipeline.actors.ingest_actor import audio_scan_args
+        from pipeline.actors.trigger_actor import scan_audio
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # main thread's
+        for k in self.shards:
+            scan = None
+            if not (self.closed or self.stop.is_set()):
+                try:
+                    scan = scan_audio(self.source, self.stream_id, self.cfg.trigger,
+                                      **audio_scan_args(self.cfg, self.spans[k]))  # fmt: skip
+                except Exception as e:  # noqa: BLE001 - a Ray task retries it and reports the cause
+                    logger.debug("%s: audio shard %d not scanned here: %s", self.job.name, k, e)
+            self._deliver(k, scan)
+
+    def _deliver(self, shard: int, scan: dict | None) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            if self.actor is None:
+                self.pending[shard] = scan
+                return
+            try:
+                self.actor.give_scan.remote(shard, scan)
+            except Exception as e:  # noqa: BLE001 - the actor is gone (stopped or failed)
+                logger.debug("%s: audio shard %d not handed over: %s", self.job.name, shard, e)
+
+
 class Runner:
     """Runs the jobs on the actors: bounded file parallelism, live sources alongside, progress."""
 
-    def __init__(self, jobs: list[Job], cfg: ServiceConfig, hook: ProgressHook | None, stop: threading.Event) -> None:
+    def __init__(self, jobs: list[Job], cfg: ServiceConfig, hook: ProgressHook | None, stop: threading.Event,
+                 prescan: AudioPrescan | None = None) -> None:  # fmt: skip
         import ray
 
         from pipeline.actors.memory_actor import MemoryActor
 
-        self.cfg, self.hook, self.stop = cfg, hook, stop
+        self.cfg, self.hook, self.stop, self.prescan = cfg, hook, stop, prescan
         self.files = [j for j in jobs if not j.spec.live]
         self.live = [j for j in jobs if j.spec.live]
         cfg.store.path.mkdir(parents=True, exist_ok=True)
@@ -233,7 +348,7 @@ class Runner:
         from pipeline.actors.perception_actor import PerceptionActor
         from pipeline.actors.trigger_actor import TriggerActor
 
-        stream_id = f"{index}:{Path(job.name).name or job.name}"
+        stream_id = stream_id_of(job, index)
         job.t0 = time.perf_counter()
         if job.spec.live:
             perception = PerceptionActor.remote(self.cfg.perception, self.memory, self.cfg.ray.max_in_flight)
@@ -250,7 +365,13 @@ class Runner:
                 for _ in range(self.cfg.ingest.perception_actors or self.cpus)
             ]  # windows are independent: perceived in parallel
             job.actors = (actor, *perceptions)
-            job.ref = actor.run.remote(perceptions, self.memory)
+            prescan = self.prescan if self.prescan is not None and self.prescan.job is job else None
+            if prescan is not None and prescan.stream_id != stream_id:  # not what it scanned for
+                prescan.close()
+                prescan = self.prescan = None
+            job.ref = actor.run.remote(perceptions, self.memory, prescan.shards if prescan else ())
+            if prescan is not None:
+                prescan.attach(actor)
         return job
 
     def _finish(self, job: Job) -> None:

@@ -38,6 +38,27 @@ def plan_shards(duration_s: float | None, shard_s: float) -> list[tuple[float, f
     return [(i * shard_s, None if i == n - 1 else (i + 1) * shard_s) for i in range(n)]
 
 
+def audio_spans(info: MediaInfo, cfg: ServiceConfig) -> list[tuple[float, float | None]]:
+    """The shards of a file's audio pass (one for ``every_frame``: windows cover everything)."""
+    return plan_shards(info.duration_s, cfg.ingest.shard_s) if not cfg.ingest.every_frame else [(0.0, None)]
+
+
+def journal_key(source: str, audio: str | None = None) -> str:
+    """The journal's key of a file (and of the separate audio file paired with it)."""
+    return file_key(source) + (f"+{file_key(audio)}" if audio else "")
+
+
+def audio_scan_args(cfg: ServiceConfig, span: tuple[float, float | None]) -> dict:
+    """Keyword arguments of :func:`~pipeline.actors.trigger_actor.scan_audio` for one shard."""
+    return dict(
+        chunk_s=cfg.ingest.chunk_s, store_path=str(cfg.store.path), start_s=span[0], end_s=span[1],
+        warmup_s=cfg.ingest.shard_warmup_s, tail_s=cfg.trigger.max_window_s,
+    )  # fmt: skip
+
+
+_DRIVER = object()  # an audio shard the driver scans and hands over (give_scan)
+
+
 @ray.remote(num_cpus=0, max_concurrency=2)
 class IngestActor:
     """Ingests one file: shards' audio passes run as parallel Ray tasks, each shard's windows are
@@ -52,7 +73,9 @@ class IngestActor:
         self.log = DecodeCounter(warnings=list(info.warnings))  # damage seen while reading
         self.stopping = False
         self.journal = Journal(cfg.store.path)
-        self.key = file_key(info.source) + (f"+{file_key(audio)}" if audio else "")
+        self.key = journal_key(info.source, audio)
+        self.given: dict[int, dict | None] = {}  # audio shards scanned by the driver
+        self.cond = threading.Condition()
 
     def progress(self) -> tuple[str, float, float]:
         return self.stage, self.done, self.total
@@ -60,16 +83,27 @@ class IngestActor:
     def stop(self) -> None:
         """Finish the window being stored, then stop (the journal knows what is left)."""
         self.stopping = True
+        with self.cond:
+            self.cond.notify_all()
 
-    def run(self, perception, memory) -> dict:
-        """Ingest the whole file; returns the per-source report of ``eidetic ingest``."""
+    def give_scan(self, shard: int, scan: dict | None) -> None:
+        """The audio pass of ``shard``, done by the driver (None: it could not, a task does it)."""
+        with self.cond:
+            self.given[shard] = scan
+            self.cond.notify_all()
+
+    def run(self, perception, memory, prescan: tuple[int, ...] = ()) -> dict:
+        """Ingest the whole file; returns the per-source report of ``eidetic ingest``.
+
+        ``prescan``: audio shards the driver scans itself and hands over with :meth:`give_scan`
+        (while Ray started); the others run as Ray tasks."""
         t0 = time.perf_counter()
         self._memory = memory
         done = self.journal.get(self.key, "file")
         if done is not None:
             self.stage = "done"
             return {**done, "resumed": True}
-        shards = self._shards()
+        shards = self._shards(set(prescan))
         for k, (scan, windows) in enumerate(shards):
             if self.stopping:
                 break
@@ -88,28 +122,31 @@ class IngestActor:
 
     # ------------------------------------------------------------------ audio first
 
-    def _shards(self) -> Iterator[tuple[dict, list[CaptureWindow]]]:
+    def _shards(self, prescan: set[int]) -> Iterator[tuple[dict, list[CaptureWindow]]]:
         """Each shard's audio result and capture windows, in order (scans run ahead, in parallel)."""
-        from pipeline.actors.trigger_actor import scan_shard
-
         ing, info = self.cfg.ingest, self.info
         if not info.has_audio:
             yield from self._fallback("has no audio")
             return
-        spans = plan_shards(info.duration_s, ing.shard_s) if not ing.every_frame else [(0.0, None)]
+        spans = audio_spans(info, self.cfg)
         refs = [
-            None if self.journal.has(self.key, "audio", shard=k) else scan_shard.remote(
-                self.audio, self.stream_id, self.cfg.trigger, chunk_s=ing.chunk_s,
-                store_path=str(self.cfg.store.path), start_s=a, end_s=b,
-                warmup_s=ing.shard_warmup_s, tail_s=self.cfg.trigger.max_window_s,
-            )
-            for k, (a, b) in enumerate(spans)
+            None if self.journal.has(self.key, "audio", shard=k)
+            else _DRIVER if k in prescan else self._scan_task(span)
+            for k, span in enumerate(spans)
         ]  # fmt: skip
         peak = 0.0
         for k, ref in enumerate(refs):
             self.stage = f"audio {k + 1}/{len(refs)}"
-            scan = self.journal.get(self.key, "audio", shard=k) if ref is None else ray.get(ref)
-            if ref is not None:
+            fresh = ref is not None  # not read back from the journal
+            if ref is _DRIVER:
+                scan = self._given(k)
+                if scan is None and self.stopping:
+                    return
+                if scan is None:  # the driver could not: a Ray task does it (and reports why not)
+                    scan = ray.get(self._scan_task(spans[k]))
+            else:
+                scan = self.journal.get(self.key, "audio", shard=k) if ref is None else ray.get(ref)
+            if fresh:
                 self.log.warnings += [w for w in scan["warnings"] if w not in self.log.warnings]
                 if scan["sounds"]:
                     ray.get(self.memory_add_sounds(scan["sounds"]))
@@ -125,6 +162,17 @@ class IngestActor:
             if ing.every_frame and info.has_video:
                 windows = continuous_windows(self.stream_id, self.total, self.cfg.trigger.max_window_s)
             yield scan, windows
+
+    def _scan_task(self, span: tuple[float, float | None]):
+        from pipeline.actors.trigger_actor import scan_shard
+
+        return scan_shard.remote(self.audio, self.stream_id, self.cfg.trigger, **audio_scan_args(self.cfg, span))
+
+    def _given(self, shard: int) -> dict | None:
+        """Wait for the driver's scan of ``shard`` (None if it could not, or when stopping)."""
+        with self.cond:
+            self.cond.wait_for(lambda: shard in self.given or self.stopping)
+            return self.given.pop(shard, None)
 
     def memory_add_sounds(self, sounds: list):
         return self._memory.add_sounds.remote(self.info.source, sounds)

@@ -73,14 +73,14 @@ def _classifier(cfg: TriggerConfig):
     return _CLASSIFIERS[key]
 
 
-@ray.remote(num_cpus=1)
-def scan_shard(
+def scan_audio(
     source: str, stream_id: str, cfg: TriggerConfig, *, chunk_s: float, store_path: str | None,
     start_s: float, end_s: float | None, warmup_s: float, tail_s: float,
 ) -> dict:  # fmt: skip
     """Audio pass of one shard ``[start_s, end_s)`` of a file: the trigger runs over it (from
     ``warmup_s`` before, so its running background is settled, to ``tail_s`` after, so triggers
-    started inside end), and keeps the windows and sounds that start inside the shard."""
+    started inside end), and keeps the windows and sounds that start inside the shard. Plain
+    Python: run as a Ray task (:func:`scan_shard`) or in the driver while Ray starts."""
     import numpy as np
 
     from pipeline.ingest import DecodeCounter, iter_audio
@@ -110,3 +110,6 @@ def scan_shard(
         "triggers": sum(1 for e in policy.triggers if e.accepted and inside(e.t_start)),
         "end": end, "peak": peak, "warnings": log.warnings,
     }  # fmt: skip
+
+
+scan_shard = ray.remote(num_cpus=1)(scan_audio)  # the audio pass of one shard as a Ray task

@@ -140,3 +140,37 @@ def test_video_paired_with_a_separate_audio_file(tmp_path):
     assert starts[0] <= 2.0 <= starts[0] + 3 and starts[1] <= 6.0 <= starts[1] + 3
     bad = eidetic("ingest", str(video), "--audio", str(video), "--store", str(store), "--json")
     assert bad.returncode == 3 and "has no audio stream to pair" in json.loads(bad.stdout)["sources"][0]["error"]
+
+
+def test_audio_scanned_while_ray_starts_gives_the_same_memory(tmp_path):
+    """The driver scans the first file's audio shards while Ray starts (``eidetic ingest``); a
+    run on an already running Ray leaves them to Ray tasks. Both store the same episodes and
+    sounds, and journal the same audio results."""
+    clicks = [1.5 + 4.0 * k for k in range(8)]  # 32 s, shards of 10 s: sounds on both sides of cuts
+    video = write_video(tmp_path / "long.mp4", duration_s=32.0, clicks_at=clicks)
+    env = {**ENV, "EIDETIC__INGEST__SHARD_S": "10"}
+    here = tmp_path / "driver"
+    r = eidetic("-v", "ingest", str(video), "--store", str(here), "--json", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "audio shards [0, 1, 2] scanned in this process while Ray starts" in r.stderr
+    tasks = tmp_path / "tasks"
+    script = ("import ray, sys; from pipeline.config import load_config; from pipeline.graph import run_ingest; "
+              "ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False); "
+              "cfg = load_config(environ=__import__('os').environ); "
+              "cfg = cfg.model_copy(update={'store': cfg.store.model_copy(update={'path': __import__('pathlib').Path(sys.argv[2])})}); "
+              "doc = run_ingest([sys.argv[1]], cfg); assert doc['sources'][0]['error'] is None, doc")  # fmt: skip
+    t = subprocess.run([sys.executable, "-c", script, str(video), str(tasks)], capture_output=True, text=True,
+                       timeout=600, env=env)  # fmt: skip
+    assert t.returncode == 0, t.stderr[-2000:]
+
+    def memory(store: Path) -> tuple[list, list, list]:
+        with sqlite3.connect(store / "eidetic.db") as db:
+            episodes = db.execute("SELECT t_start, t_end, labels, sounds, keyframe_times FROM episodes ORDER BY t_start").fetchall()
+            sounds = db.execute("SELECT label, score, t_start, t_end FROM sounds ORDER BY t_start").fetchall()
+        with sqlite3.connect(store / JOURNAL_NAME) as db:
+            audio = db.execute("SELECT shard, payload FROM entries WHERE kind='audio' ORDER BY shard").fetchall()
+        return episodes, sounds, audio
+
+    a, b = memory(here), memory(tasks)
+    assert len(a[0]) == len(clicks) and len(a[2]) == 3
+    assert a == b
