@@ -200,3 +200,38 @@ def test_f_measure_matches_brute_force(rng: np.random.Generator) -> None:
             masks.append(m > 0)
         r = int(np.ceil(0.008 * np.hypot(48, 64)))
         assert f_measure(*masks) == pytest.approx(brute_force_f(*masks, r))
+
+
+def test_flow_confidence_flags_forward_backward_disagreement() -> None:
+    vos = VOSTracker(preset="quality")
+    h, w = 60, 80
+    back = np.zeros((h, w, 2), dtype=np.float32)
+    back[..., 0] = -4.0  # every pixel came from 4 px to its left...
+    fwd = -back  # ... and the forward flow takes it back: consistent
+    conf = vos._flow_confidence(back, fwd)
+    assert conf.shape == (h, w) and conf.min() > 0.95
+    bad = fwd.copy()
+    bad[:, : w // 2] = 0.0  # the forward flow forgets the motion on the left half
+    conf = vos._flow_confidence(back, bad)
+    assert conf[:, : w // 4].max() < 0.1  # 4 px error against a ~1.4 px tolerance
+    assert conf[:, 3 * w // 4 :].min() > 0.9
+
+
+def test_unreliable_flow_only_lowers_the_warped_masks_claim() -> None:
+    vos = VOSTracker(preset="quality")
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    first = np.zeros((40, 40), dtype=np.uint8)
+    first[10:30, 10:30] = 1
+    vos.start(img, first)
+    obj = vos._objects[0]
+    idx = vos._colour.index(img)
+    soft = first.astype(np.float32)
+    vos._conf = np.ones((40, 40), dtype=np.float32)
+    trusted = vos._posterior(obj, soft, idx)
+    vos._conf = np.zeros((40, 40), dtype=np.float32)
+    doubted = vos._posterior(obj, soft, idx)
+    inside, outside = first > 0, first == 0
+    assert np.all(doubted[inside] <= trusted[inside] + 1e-6)
+    assert np.any(doubted[inside] < trusted[inside] - 0.1)
+    np.testing.assert_allclose(doubted[outside], trusted[outside], atol=1e-6)

@@ -10,7 +10,8 @@ model is the mean over ``context_k`` keyframes chosen from its bounded
 appearance, HQ-SMem style); the background model follows the scene (appearance update). The
 ``"quality"`` preset then decides the mask by a graph cut of the probability map with
 contrast-sensitive smoothness (:mod:`tracker.graphcut`), which snaps boundaries to image edges
-and removes speckle (an edge-aware guided filter of the map is the other, unused, option). A colour-refined mask is only accepted when it agrees with the warped
+and removes speckle; where a forward-backward check finds the flow unreliable, it lowers the
+warped mask's claim so that colour can remove uncovered background (an edge-aware guided filter of the map is the other, unused, option). A colour-refined mask is only accepted when it agrees with the warped
 one, which keeps a bad colour decision from replacing a good flow estimate.
 
 With a ``refiner`` (a prompted :class:`~models.segmenters.base.Segmenter`, e.g. SAM-HQ), every
@@ -65,7 +66,11 @@ class VOSPreset:
     of the probability map (:func:`tracker.graphcut.graph_cut`, replaces thresholding and the
     median filter; 0: off), run on the object's box grown by ``cut_margin`` of the diagonal;
     cut_agree: the cut is used only if its IoU with the thresholded map is at least this (the
-    smoothness term can erase a small object).
+    smoothness term can erase a small object); fb_tol: forward-backward flow check (a second
+    flow, new -> previous frame): inside the warped mask the prior is pulled toward 0.5 where
+    the two flows disagree by more than ``sqrt(fb_tol**2 + fb_rel * |flow|**2)`` px
+    (occlusions, disocclusions, failed flow), so colour decides there; the prior outside the
+    mask is never raised (0: off); fb_blur: blur of that confidence (fraction of the diagonal).
     """
 
     flow_scale: float = 0.5
@@ -84,6 +89,9 @@ class VOSPreset:
     cut_gamma: float = 0.0
     cut_margin: float = 0.04
     cut_agree: float = 0.0
+    fb_tol: float = 0.0
+    fb_rel: float = 0.05
+    fb_blur: float = 0.005
 
     def __post_init__(self) -> None:
         if self.flow_preset not in DIS_PRESETS:
@@ -99,7 +107,7 @@ class VOSPreset:
 
 
 PRESETS: dict[str, VOSPreset] = {
-    "quality": VOSPreset(guided_radius=0, cut_gamma=3.0, cut_agree=0.5),
+    "quality": VOSPreset(guided_radius=0, cut_gamma=3.0, cut_agree=0.5, fb_tol=1.0),
     "fast": VOSPreset(flow_preset="ultrafast", prior_sigma=0.008, guided_radius=0),
 }
 
@@ -200,6 +208,7 @@ class VOSTracker:
         self._objects: list[_Object] = []
         self._prev: np.ndarray | None = None
         self._image: np.ndarray | None = None
+        self._conf: np.ndarray | None = None  # flow confidence of the current frame
         self._frame_idx = -1
         self._dtype = np.dtype(np.uint8)
         self._counts = {"frames": 0, "colour_refined": 0, "lost": 0, "reacquired": 0}
@@ -240,6 +249,9 @@ class VOSTracker:
         self._frame_idx += 1
         self._image = image
         flow = self._flow.flow(self._prev, image)
+        self._conf = None
+        if self.preset.refine and self.preset.fb_tol > 0:
+            self._conf = self._flow_confidence(flow, self._flow.flow(image, self._prev))
         idx = self._colour.index(image) if self.preset.refine else None
         grey = None
         if self.preset.refine and self.preset.guided_radius:
@@ -365,6 +377,24 @@ class VOSTracker:
             self._counts["lost"] += 1
             logger.info("object %d lost at frame %d", obj.obj_id, self._frame_idx)
 
+    def _flow_confidence(self, back: np.ndarray, fwd: np.ndarray) -> np.ndarray:
+        """Forward-backward consistency of the flow, in [0, 1] per pixel of the new frame.
+
+        Pixel x came from x + back(x); the forward flow there should bring it back:
+        ``back(x) + fwd(x + back(x)) ~ 0``. Where it does not (occlusions, disocclusions,
+        fast or non-rigid motion) the warped mask is not to be trusted.
+        """
+        h, w = back.shape[:2]
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        f_at = cv2.remap(fwd, gx + back[..., 0], gy + back[..., 1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        err2 = ((back + f_at) ** 2).sum(axis=2)
+        mag2 = (back**2).sum(axis=2) + (f_at**2).sum(axis=2)
+        tol2 = self.preset.fb_tol**2 + self.preset.fb_rel * mag2
+        conf = np.exp(-err2 / (2 * tol2)).astype(np.float32)
+        sigma = max(1.0, self.preset.fb_blur * float(np.hypot(h, w)))
+        return cv2.GaussianBlur(conf, (0, 0), sigma)
+
     def _posterior(self, obj: _Object, soft: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Per-pixel ``P(object)`` from the blurred warped mask and the colour likelihoods.
 
@@ -374,6 +404,8 @@ class VOSTracker:
         sigma = max(MIN_PRIOR_SIGMA_PX, self.preset.prior_sigma * float(np.hypot(*soft.shape)))
         floor = self.preset.prior_floor
         prior = np.clip(cv2.GaussianBlur(soft, (0, 0), sigma), floor, 1 - floor)
+        if self._conf is not None:
+            prior = np.where(prior > 0.5, 0.5 + (prior - 0.5) * self._conf, prior)
         hf, hb = self._foreground_hist(obj), obj.bg_hist
         like = ((hf + EPS) / (hf + hb + 2 * EPS)).astype(np.float32)[idx]  # per-cell table lookup
         fg = prior * like
