@@ -80,19 +80,26 @@ def run_pyav(media: Path) -> dict:
     return {"frames": n}
 
 
-def run_ingest_path(media: Path) -> dict:
-    from pipeline.config import load_config
-    from pipeline.ingest import DecodeCounter, iter_audio, iter_video
+def _trigger_windows(media: Path, cfg) -> tuple[list, float]:
+    """The audio pass: the trigger policy over the file's audio; its capture windows and the end."""
+    from pipeline.ingest import iter_audio
     from pipeline.triggers import TriggerPolicy
 
-    cfg = load_config(environ={})
-    policy = TriggerPolicy.from_config("bench", cfg.trigger)  # model load: part of the path
+    policy = TriggerPolicy.from_config("bench", cfg.trigger)
     end = 0.0
     for chunk in iter_audio(str(media), stream_id="bench", chunk_s=cfg.ingest.chunk_s):
         policy.feed(chunk)
         end = chunk.t_end
     policy.flush()
-    windows = policy.windows(end)
+    return policy.windows(end), end
+
+
+def run_ingest_path(media: Path) -> dict:
+    from pipeline.config import load_config
+    from pipeline.ingest import DecodeCounter, iter_video
+
+    cfg = load_config(environ={})
+    windows, end = _trigger_windows(media, cfg)  # model load: part of the path
     log = DecodeCounter()
     frames = iter_video(
         str(media), stream_id="bench", windows=[(w.t_start, w.t_end) for w in windows],
@@ -111,19 +118,12 @@ def run_work_no_ray(media: Path) -> dict:
     from models import registry
     from pipeline.clips import clip_for_store
     from pipeline.config import load_config
-    from pipeline.ingest import iter_audio, iter_video
+    from pipeline.ingest import iter_video
     from pipeline.perception import build_segmenter, refinement_kwargs
-    from pipeline.triggers import TriggerPolicy
     from tracker.tracker import Tracker
 
     cfg = load_config(environ={})
-    policy = TriggerPolicy.from_config("bench", cfg.trigger)
-    end = 0.0
-    for chunk in iter_audio(str(media), stream_id="bench", chunk_s=cfg.ingest.chunk_s):
-        policy.feed(chunk)
-        end = chunk.t_end
-    policy.flush()
-    windows = policy.windows(end)
+    windows, end = _trigger_windows(media, cfg)
     frames = list(iter_video(
         str(media), stream_id="bench", windows=[(w.t_start, w.t_end) for w in windows],
         fps=cfg.ingest.perception_fps, max_side=cfg.ingest.max_side, fast=cfg.ingest.fast_decode,
