@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -106,8 +108,12 @@ def stop_ray() -> None:
     def kill_all(*_args, **_kwargs) -> None:
         procs = [i.process for infos in node.all_processes.values() for i in infos]
         procs = [p for p in procs if p.poll() is None]
+        agents = _ray_agents({p.pid for p in procs})
         for p in procs:
             p.terminate()
+        for pid in agents:  # else they linger a minute or two after their raylet
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)  # they ignore SIGTERM (Ray 2.60)
         deadline = time.monotonic() + STOP_GRACE_S
         for p in procs:
             try:
@@ -123,6 +129,21 @@ def stop_ray() -> None:
 
     node.kill_all_processes = kill_all  # called by ray.shutdown() once the driver disconnected
     ray.shutdown()
+
+
+def _ray_agents(parents: set[int]) -> list[int]:
+    """Ids of the Ray agent processes (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``) whose
+    parent is in ``parents``, from /proc ([] elsewhere). Worker processes are left alone: they
+    exit by themselves when their raylet is gone."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid in parents and b"Agent" in (stat.parent / "cmdline").read_bytes().split(b"\0")[0]:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
 
 
 def probe_all(sources: Sequence[str], cfg: ServiceConfig) -> tuple[list[Job], list[dict]]:

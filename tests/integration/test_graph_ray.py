@@ -146,3 +146,39 @@ def test_video_without_audio_builds_memory_from_visual_changes(tmp_path, ray_ses
     episodes = app.store.episodes()
     assert episodes and episodes[0].t_start == 0.0 and "visual_change" in episodes[0].labels
     app.close()
+
+
+STOP_SCRIPT = """
+import json, ray
+from pipeline.config import load_config
+from pipeline.graph import start_ray, stop_ray
+start_ray(load_config(environ={}))
+node = ray._private.worker._global_node
+head = [i.process.pid for v in node.all_processes.values() for i in v]
+kids = [int(p.parent.name) for p in __import__('pathlib').Path('/proc').glob('[0-9]*/stat')
+        if int(p.read_text().rsplit(')', 1)[1].split()[1]) in head]
+stop_ray()
+print(json.dumps(head + kids))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_stop_ray_leaves_no_ray_process_behind():
+    """Head processes, their agents and idle workers are gone soon after stop_ray returns (the
+    agents used to linger a minute or two after their raylet)."""
+    import time
+
+    r = subprocess.run([sys.executable, "-c", STOP_SCRIPT], capture_output=True, text=True,
+                       timeout=180, cwd=REPO)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    pids = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(pids) >= 5  # gcs, raylet, dashboard, monitor, log monitor (+ agents, workers)
+
+    def alive() -> list[int]:
+        return [p for p in pids if Path(f"/proc/{p}").exists()
+                and " Z " not in Path(f"/proc/{p}/stat").read_text()]  # fmt: skip
+
+    deadline = time.monotonic() + 10.0
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive() == []
