@@ -226,10 +226,8 @@ class JobQueue:
                 if self.live.has_job(job.job_id) or not events.empty():
                     continue
                 doc = {"event": "job_lost", "error": "the live process forgot the job"}  # never waits for ever
-            if doc["event"] == "job_progress":
-                with self._cv:
-                    job.progress = doc.get("progress")
-                    self.bus.publish("job", **asdict(job))
+            if doc["event"] == "job_progress":  # polled (GET /v1/ingest/{id}); not an event: webhooks
+                job.progress = doc.get("progress")
                 continue
             with self._cv:
                 self._in_live = None

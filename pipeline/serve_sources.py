@@ -131,7 +131,7 @@ class SourceRegistry:
 
         ``on_event`` gets the child's ``job_progress`` and ``job_end`` events of this job, or one
         ``{"event": "job_lost", "error"}`` if the child goes away first. It is called from the
-        registry's threads without its lock held and must not block."""
+        registry's threads with its lock held: it must not block (e.g. ``queue.Queue.put``)."""
         with self._lock:
             group = self._group
             if group is None or not self._ready or group.poll() is not None:
@@ -153,12 +153,9 @@ class SourceRegistry:
 
     def _lose_jobs(self, group: subprocess.Popen | None, why: str) -> None:
         """The jobs ``group`` ran (every job: None) end without a word from it: report them lost."""
-        with self._lock:
-            lost = [(k, cb) for k, (g, cb) in self._jobs.items() if group is None or g is group]
-            for k, _ in lost:
-                del self._jobs[k]
-        for k, cb in lost:
-            cb({"event": "job_lost", "job": k, "error": why})
+        with self._lock:  # told before it is forgotten: has_job() False means its end is told
+            for k in [k for k, (g, _) in self._jobs.items() if group is None or g is group]:
+                self._jobs.pop(k)[1]({"event": "job_lost", "job": k, "error": why})
 
     def status(self, src: Source) -> dict[str, Any]:
         return asdict(src)
@@ -207,7 +204,7 @@ class SourceRegistry:
         if self._group is not None and self._group.poll() is not None:
             self._group_exited()
         if self._group is None:
-            if wanted and time.monotonic() >= self._group_retry_at:
+            if wanted and time.monotonic() >= self._group_retry_at and not any(t.is_alive() for t in self._cleanup):
                 self._start_group()
             return
         if not self._ready:
@@ -244,14 +241,12 @@ class SourceRegistry:
         delay = BUSY_RETRY_S if busy else BACKOFF_S[min(self._group_fails, len(BACKOFF_S) - 1)]
         self._group_fails += 0 if busy else 1
         self._group_retry_at = time.monotonic() + delay
-        lost = f"the live process stopped while the job ran: {why}"  # reported without the lock held
+        lost, writer = f"the live process stopped while the job ran: {why}", self._writer_pid
 
-        writer = self._writer_pid
-
-        def after() -> None:
-            self._lose_jobs(group, lost)
-            _end_session(group)  # what it started must not outlive it, the writer least of all:
-            _end_writer(writer)  # the restarted child could not open the store
+        def after() -> None:  # what it started must not outlive it, its writer least of all (the
+            self._lose_jobs(group, lost)  # restarted child could not open the store): the restart
+            _end_writer(writer)  # waits for this
+            _end_session(group)
 
         self._cleanup = [t for t in self._cleanup if t.is_alive()]
         self._cleanup.append(threading.Thread(target=after, daemon=True))
@@ -312,9 +307,9 @@ class SourceRegistry:
             entry = self._jobs.get(job_id)
             if entry is None or entry[0] is not group:
                 return
+            entry[1](doc)
             if doc["event"] == "job_end":
                 del self._jobs[job_id]
-        entry[1](doc)
 
     def _event(self, group: subprocess.Popen, doc: dict[str, Any]) -> None:
         event, src = doc.get("event"), self.sources.get(str(doc.get("name")))
