@@ -188,7 +188,7 @@ class Job:
 
 def run_ingest(
     sources: Sequence[str], cfg: ServiceConfig, *, hook: ProgressHook | None = None,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, memory: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Ingest ``sources`` into ``cfg.store.path`` through the Ray actors.
 
@@ -197,6 +197,10 @@ def run_ingest(
     ``cfg.ingest.parallel`` at a time (their shards' audio passes in parallel too); live sources
     all at once, until ``stop`` is set (then every source drains: open captures are stored, and
     files stop after their current window; the journal lets the next run resume).
+
+    ``memory``: a running :class:`MemoryActor` (the store's single writer) to write through, in
+    the Ray this process is connected to, left open (``eidetic serve``'s live process runs its
+    ingest jobs so); without it the run opens the store's writer and closes it at the end.
     """
     jobs, reports = probe_all(sources, cfg)
     stop = stop or threading.Event()
@@ -205,7 +209,7 @@ def run_ingest(
         started = False
         try:
             started = start_ray(cfg)
-            reports.extend(Runner(jobs, cfg, hook, stop, prescan).run())
+            reports.extend(Runner(jobs, cfg, hook, stop, prescan, memory=memory).run())
         finally:
             if prescan is not None:
                 prescan.close()
@@ -325,7 +329,7 @@ class Runner:
     """Runs the jobs on the actors: bounded file parallelism, live sources alongside, progress."""
 
     def __init__(self, jobs: list[Job], cfg: ServiceConfig, hook: ProgressHook | None, stop: threading.Event,
-                 prescan: AudioPrescan | None = None) -> None:  # fmt: skip
+                 prescan: AudioPrescan | None = None, memory: Any = None) -> None:  # fmt: skip
         import ray
 
         from pipeline.actors.memory_actor import MemoryActor
@@ -333,8 +337,11 @@ class Runner:
         self.cfg, self.hook, self.stop, self.prescan = cfg, hook, stop, prescan
         self.files = [j for j in jobs if not j.spec.live]
         self.live = [j for j in jobs if j.spec.live]
-        cfg.store.path.mkdir(parents=True, exist_ok=True)
-        self.memory = MemoryActor.remote(str(cfg.store.path.resolve()), cfg.memory, cfg.retention)
+        self.own_memory = memory is None  # a shared writer is left open for its owner
+        if memory is None:
+            cfg.store.path.mkdir(parents=True, exist_ok=True)
+            memory = MemoryActor.remote(str(cfg.store.path.resolve()), cfg.memory, cfg.retention)
+        self.memory = memory
         self.cpus = max(1, int(ray.available_resources().get("CPU", 1)) or 1)
         self.parallel = cfg.ingest.parallel or self.cpus
         self.reports: list[dict] = []
@@ -361,7 +368,8 @@ class Runner:
                 running.remove(job)
                 self._finish(job)
             self._progress(running, n_files)
-        ray.get(self.memory.close.remote())
+        if self.own_memory:
+            ray.get(self.memory.close.remote())
         return self.reports
 
     def _start(self, job: Job, index: int) -> Job:

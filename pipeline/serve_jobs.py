@@ -1,9 +1,11 @@
 """Ingest jobs the HTTP service supervises, each an ``eidetic ingest`` subprocess (its own Ray,
 its own crash domain; SIGTERM stops it cleanly). Live sources: :mod:`pipeline.serve_sources`.
 
-The store has one writer at a time. A job that finds the store open for writing (by another
-job, or by the live sources' process) waits in the queue. Jobs are saved in the store directory
-(``jobs.json``) and survive restarts.
+The store has one writer at a time. While the live sources' process runs (it holds the writer)
+jobs are handed to it and run there, through the same writer, alongside the cameras
+(``runner: "live"``); otherwise each job is a process of its own (``runner: "process"``). A job
+that finds the store open for writing elsewhere waits in the queue. Jobs are saved in the store
+directory (``jobs.json``) and survive restarts.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -59,7 +62,10 @@ def _last_line(text: str) -> str:
 
 @dataclass
 class Job:
-    """An ingest job: ``state`` is queued, running, done, failed, cancelled or interrupted."""
+    """An ingest job: ``state`` is queued, running, done, failed, cancelled or interrupted;
+    ``runner`` where it ran (``live``: in the live sources' process, ``process``: its own);
+    ``progress`` (jobs run in the live process): the file being ingested, its stage, seconds done
+    of its total, files done of all."""
 
     job_id: str
     sources: list[str]
@@ -70,19 +76,24 @@ class Job:
     report: dict[str, Any] | None = None
     error: str | None = None
     waiting: str | None = None
+    runner: str | None = None
+    progress: dict[str, Any] | None = None
 
 
 class JobQueue:
     """Runs ingest jobs one at a time, in submission order."""
 
-    def __init__(self, store: Path, bus, *, config_path: str | None = None) -> None:
+    def __init__(self, store: Path, bus, *, config_path: str | None = None, live=None) -> None:
         self.store = store
+        self.live = live  # the SourceRegistry whose live process takes jobs while it runs
         self.bus = bus
         self.config_path = config_path
         self.jobs: dict[str, Job] = {}
         self._cv = threading.Condition()
         self._proc: subprocess.Popen | None = None
         self._stopping = False
+        self._in_live: str | None = None  # the job running in the live process
+        self._cancelled: set[str] = set()
         self._thread: threading.Thread | None = None
         for d in _load(store / JOBS_FILE) or []:
             job = Job(**d)
@@ -110,8 +121,12 @@ class JobQueue:
             if job.state == "queued":
                 job.state, job.finished = "cancelled", time.time()
                 self._changed(job)
-            elif job.state == "running" and self._proc is not None:
-                self._proc.terminate()
+            elif job.state == "running":
+                self._cancelled.add(job_id)
+                if self._proc is not None:
+                    self._proc.terminate()
+                elif self._in_live == job_id and self.live is not None:
+                    self.live.cancel_job(job_id)
             return job
 
     @property
@@ -123,6 +138,8 @@ class JobQueue:
             self._stopping = True
             if self._proc is not None:
                 self._proc.terminate()
+            elif self._in_live is not None and self.live is not None:
+                self.live.cancel_job(self._in_live)
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=STOP_TIMEOUT_S + 2)
@@ -147,12 +164,21 @@ class JobQueue:
     def _execute(self, job: Job) -> None:
         cmd = ingest_command(job.sources, self.store, self.config_path)
         while True:
+            runner = self.live.job_runner() if self.live is not None else "off"
+            if runner == "live" and self._execute_live(job):
+                return
             with self._cv:
                 if self._stopping or job.state != "queued":
                     return
+                if runner == "starting":  # the live process is about to hold the writer: wait for it
+                    if job.waiting is None:
+                        job.waiting = "the live sources' process is starting"
+                        self._changed(job)
+                    self._cv.wait(LOCKED_RETRY_S / 4)
+                    continue
                 self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                               text=True, stdin=subprocess.DEVNULL)  # fmt: skip
-                job.state, job.started, job.waiting = "running", time.time(), None
+                job.state, job.started, job.waiting, job.runner = "running", time.time(), None, "process"
                 self._changed(job)
             out, err = self._proc.communicate()
             code = self._proc.returncode
@@ -173,9 +199,53 @@ class JobQueue:
             job.report = None
         if code in (0, 3) and job.report and "sources" in job.report:
             job.state = "done"  # 3: some inputs were bad; the report says which
+        elif job.job_id in self._cancelled:
+            job.state, job.error = "cancelled", "cancelled while it ran"
         elif self._stopping or code < 0:
             job.state, job.error = "interrupted", "stopped before it finished"
         else:
             job.state, job.error = "failed", _last_line(err)
+        job.finished = time.time()
+        self._changed(job)
+
+    def _execute_live(self, job: Job) -> bool:
+        """Run ``job`` in the live sources' process; False if it could not take the job."""
+        events: queue.Queue = queue.Queue()
+        with self._cv:
+            if self._stopping or job.state != "queued":
+                return True
+            if not self.live.submit_job(job.job_id, job.sources, events.put):
+                return False
+            job.state, job.started, job.waiting, job.runner = "running", time.time(), None, "live"
+            self._in_live = job.job_id
+            self._changed(job)
+        while True:
+            try:
+                doc = events.get(timeout=1.0)
+            except queue.Empty:
+                if self.live.has_job(job.job_id) or not events.empty():
+                    continue
+                doc = {"event": "job_lost", "error": "the live process forgot the job"}  # never waits for ever
+            if doc["event"] == "job_progress":  # polled (GET /v1/ingest/{id}); not an event: webhooks
+                job.progress = doc.get("progress")
+                continue
+            with self._cv:
+                self._in_live = None
+                self._finish_live(job, doc)
+            return True
+
+    def _finish_live(self, job: Job, doc: dict[str, Any]) -> None:
+        report = doc.get("report")
+        job.report = report if isinstance(report, dict) else None
+        if doc["event"] == "job_lost":
+            job.state, job.error = ("interrupted" if self._stopping else "failed"), str(doc.get("error"))
+        elif doc.get("error"):
+            job.state, job.error = "failed", str(doc["error"])
+        elif job.job_id in self._cancelled:
+            job.state, job.error = "cancelled", "cancelled while it ran"
+        elif doc.get("stopped") or any(s.get("interrupted") for s in (job.report or {}).get("sources", ())):
+            job.state, job.error = "interrupted", "stopped before it finished"
+        else:
+            job.state = "done"  # bad inputs too: the report says which
         job.finished = time.time()
         self._changed(job)

@@ -6,11 +6,20 @@ every source writes through, and per source the actors ``eidetic ingest URL`` wo
 (capture, trigger, perception). Sources come and go without disturbing the others. The child is
 its own crash domain: if it dies, the server restarts it and its sources.
 
-Protocol (JSON lines). stdin: ``{"op": "add", "name", "url"}``, ``{"op": "remove", "name"}``;
-end of input or SIGTERM stops every capture (open captures are stored) and exits. stdout:
-``{"event": "ready"}`` once Ray and the writer are up, ``{"event": "running", "name"}``,
-``{"event": "ended", "name", "report"}`` (the ``eidetic ingest --json`` report of that source:
-``report["error"]`` says why it stopped, None when it was asked to). Logs go to stderr.
+The server also hands it the ingest jobs submitted while it runs (the store has one writer, and
+it is this process's): each job runs in a thread of its own, through the same writer, so files
+are ingested while the cameras go on capturing; a bad file fails only its own job.
+
+Protocol (JSON lines). stdin: ``{"op": "add", "name", "url"}``, ``{"op": "remove", "name"}``,
+``{"op": "ingest", "job", "sources"}``, ``{"op": "cancel", "job"}``; end of input or SIGTERM
+stops every capture (open captures are stored) and every job (files stop after their current
+window: the journal resumes them) and exits. stdout: ``{"event": "ready"}`` once Ray and the
+writer are up, ``{"event": "running", "name"}``, ``{"event": "ended", "name", "report"}`` (the
+``eidetic ingest --json`` report of that source: ``report["error"]`` says why it stopped, None
+when it was asked to), ``{"event": "job_progress", "job", "progress"}`` (at most every
+:data:`PROGRESS_S`), ``{"event": "job_end", "job", "report", "error", "stopped"}`` (``report``:
+the ``eidetic ingest --json`` document, None when the job failed as a whole, with ``error``
+saying why; ``stopped``: it was cancelled or stopped before it finished). Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import queue
 import signal
 import sys
@@ -34,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.25
 STOP_TIMEOUT_S = 30.0  # how long stopped captures may take to store what they hold
+PROGRESS_S = 1.0  # a job's progress is reported at most this often
+
+_emit_lock = threading.Lock()  # events come from the main loop and the jobs' threads
 
 
 class StoreBusy(EideticError):
@@ -49,13 +62,22 @@ class _Running:
     t0: float
 
 
+@dataclass
+class _IngestJob:
+    job_id: str
+    stop: threading.Event
+    thread: threading.Thread
+
+
 def _emit(event: str, **fields: Any) -> None:
     """One event line to the server (gone: ignored; the captures still store what they hold)."""
-    try:
-        sys.stdout.write(json.dumps({"event": event, **fields}, default=str) + "\n")
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
+    line = json.dumps({"event": event, **fields}, default=str) + "\n"
+    with _emit_lock:
+        try:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _failed(url: str, error: str) -> dict[str, Any]:
@@ -75,6 +97,8 @@ class LiveGroup:
         self.memory = MemoryActor.remote(str(cfg.store.path.resolve()), cfg.memory, cfg.retention)
         self.running: dict[str, _Running] = {}
         self.index = 0
+        self.jobs: dict[str, _IngestJob] = {}
+        self.jobs_lock = threading.Lock()
 
     def check(self) -> None:
         """Raise StoreBusy when the writer could not open the store (held elsewhere)."""
@@ -84,6 +108,7 @@ class LiveGroup:
 
         try:
             ray.get(self.memory.stats.remote())
+            self.writer_pid = ray.get(self.memory.__ray_call__.remote(lambda _actor: os.getpid()))
         except ray.exceptions.RayError as e:
             raise StoreBusy(_cause(e)) from None
 
@@ -119,6 +144,58 @@ class LiveGroup:
         if run is not None:
             run.actors[0].stop.remote()
 
+    def ingest(self, job_id: str, sources: list[str]) -> None:
+        """Start ingest job ``job_id`` (files) in a thread of its own, through the shared writer."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self._ingest, args=(job_id, sources, stop), name=f"job-{job_id}",
+                                  daemon=True)  # fmt: skip
+        with self.jobs_lock:
+            if job_id in self.jobs:
+                return
+            self.jobs[job_id] = _IngestJob(job_id, stop, thread)
+        thread.start()
+
+    def cancel(self, job_id: str) -> None:
+        """Stop job ``job_id``: its files stop after their current window (reported ``job_end``)."""
+        with self.jobs_lock:
+            job = self.jobs.get(job_id)
+        if job is not None:
+            job.stop.set()
+
+    def _ingest(self, job_id: str, sources: list[str], stop: threading.Event) -> None:
+        from pipeline.graph import expand_sources, run_ingest
+        from pipeline.sources import resolve
+
+        progress: dict[str, Any] = {}
+        last = [0.0]
+
+        def hook(source: str, stage: str, done: float, total: float) -> None:
+            if source == "":
+                progress.update(files_done=int(done), files=int(total))
+            else:
+                progress.update(source=source, stage=stage, done_s=round(done, 1), total_s=round(total, 1))
+            if time.monotonic() - last[0] >= PROGRESS_S:
+                last[0] = time.monotonic()
+                _emit("job_progress", job=job_id, progress=dict(progress))
+
+        report, error = None, None
+        try:
+            files, refused = [], []
+            for s in expand_sources(sources):
+                if resolve(s, self.cfg.sources).live:  # would run for ever: live sources are added
+                    refused.append(_failed(s, f"{s} is a stream: add it as a live source"))
+                else:
+                    files.append(s)
+            report = run_ingest(files, self.cfg, hook=hook, stop=stop, memory=self.memory)
+            report["sources"].extend(refused)
+        except Exception as e:  # noqa: BLE001 - a job's failure is its own: the live sources go on
+            logger.exception("ingest job %s failed", job_id)
+            error = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        finally:
+            with self.jobs_lock:
+                self.jobs.pop(job_id, None)
+        _emit("job_end", job=job_id, report=report, error=error, stopped=stop.is_set())
+
     def poll(self, timeout: float) -> None:
         """Report the sources whose capture ended (stopped, failed, or gave up reconnecting)."""
         import ray
@@ -148,14 +225,22 @@ class LiveGroup:
         _emit("ended", name=run.name, report=report)
 
     def close(self) -> None:
-        """Stop every capture, wait for what they hold to be stored, close the writer."""
+        """Stop every capture and job, wait for what they hold to be stored, close the writer."""
         import ray
 
         for name in list(self.running):
             self.remove(name)
+        with self.jobs_lock:
+            jobs = list(self.jobs.values())
+        for job in jobs:
+            job.stop.set()
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while self.running and time.monotonic() < deadline:
             self.poll(POLL_S)
+        for job in jobs:  # each reports its own end (stopped), or is reported here
+            job.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if job.thread.is_alive():
+                _emit("job_end", job=job.job_id, report=None, error="did not stop in time", stopped=True)
         for run in list(self.running.values()):  # stuck: reported, not waited for
             for actor in run.actors:
                 ray.kill(actor)
@@ -187,7 +272,7 @@ def serve_live(cfg: ServiceConfig, stop: threading.Event) -> None:
     try:
         group = LiveGroup(cfg)
         group.check()
-        _emit("ready")
+        _emit("ready", writer_pid=group.writer_pid)
         try:
             while not stop.is_set():
                 while True:
@@ -202,6 +287,10 @@ def serve_live(cfg: ServiceConfig, stop: threading.Event) -> None:
                         group.add(str(cmd["name"]), str(cmd["url"]))
                     elif cmd.get("op") == "remove":
                         group.remove(str(cmd["name"]))
+                    elif cmd.get("op") == "ingest":
+                        group.ingest(str(cmd["job"]), [str(s) for s in cmd["sources"]])
+                    elif cmd.get("op") == "cancel":
+                        group.cancel(str(cmd["job"]))
                 group.poll(POLL_S)
         finally:
             group.close()

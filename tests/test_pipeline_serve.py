@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from memory.episodes import summarize
+from memory.maintenance import LOCK_NAME
 from memory.store import EpisodeStore
 from memory.types import Episode, ObjectRecord, SoundRecord
 
@@ -390,6 +391,88 @@ def test_two_live_sources_write_through_one_writer(tmp_path):
     assert code == 0
     with EpisodeStore(root) as st:  # the writer was released; nothing acknowledged was lost
         assert {ep.source for ep in st.episodes(limit=100)} >= set(urls.values())
+
+
+@pytest.mark.slow
+def test_ingest_jobs_run_while_a_camera_runs(tmp_path, tiny_video):
+    """With a camera running (a real ffmpeg TCP server on loopback), files submitted over HTTP are
+    ingested in the live process through its one writer while the camera keeps storing: a good
+    file completes, a bad upload fails alone, a running job reports progress and can be
+    cancelled, and a job in flight when the live process dies ends failed with the reason. The
+    store is sound afterwards."""
+    from tests.media import write_video
+    from tests.test_pipeline_live import _free_port, serve
+
+    cam = write_video(tmp_path / "door.mp4", duration_s=150.0, clicks_at=[3.0 + 6 * k for k in range(24)], gop=12)
+    long_file = write_video(tmp_path / "long.mp4", duration_s=40.0, clicks_at=[2.0 + 4 * k for k in range(9)])
+    port = _free_port()
+    camera = serve(cam, port)
+    url = f"tcp://127.0.0.1:{port}"
+    root = build_store(tmp_path / "store")
+    proc, base = start(root)
+
+    def live() -> dict:
+        doc = httpx.get(base + "/v1/sources").json()
+        return {"state": doc["live"][0]["state"], "pid": doc["live"][0]["pid"],
+                "stored": {r["source"]: r["episodes"] for r in doc["stored"]}.get(url, 0)}  # fmt: skip
+
+    def job(job_id: str) -> dict:
+        return httpx.get(f"{base}/v1/ingest/{job_id}").json()
+
+    def finished(job_id: str):
+        doc = job(job_id)
+        return doc if doc["state"] not in ("queued", "running") else None
+
+    try:
+        assert httpx.post(base + "/v1/sources", json={"url": url, "name": "door"}).status_code == 201
+        before = wait_for(lambda: (s := live())["state"] == "running" and s["stored"] >= 1 and s, timeout=150)
+
+        good = httpx.post(base + "/v1/ingest", json={"sources": [str(tiny_video)]}).json()["job_id"]
+        bad = httpx.put(base + "/v1/ingest/upload?filename=bad.mp4", content=b"not media").json()["job_id"]
+        doc = wait_for(lambda: finished(good), timeout=240)
+        assert doc["state"] == "done" and doc["runner"] == "live", doc  # did not wait for the camera
+        assert doc["report"]["episodes_total"] >= 1 and not doc["report"]["sources"][0]["error"]
+        doc = wait_for(lambda: finished(bad), timeout=120)
+        assert doc["state"] == "done" and doc["runner"] == "live" and doc["report"]["sources"][0]["error"], doc
+        stored = {r["source"]: r["episodes"] for r in httpx.get(base + "/v1/sources").json()["stored"]}
+        assert stored.get(str(tiny_video.resolve()), 0) == job(good)["report"]["episodes_total"]
+        now = wait_for(lambda: (s := live())["stored"] > before["stored"] and s, timeout=60)
+        assert now["state"] == "running" and now["pid"] == before["pid"]  # the camera went on, same process
+
+        cancelled = httpx.post(base + "/v1/ingest", json={"sources": [str(long_file)]}).json()["job_id"]
+        doc = wait_for(lambda: "source" in ((d := job(cancelled))["progress"] or {}) and d, timeout=120)
+        assert doc["state"] == "running" and doc["progress"]["source"] == str(long_file), doc
+        assert httpx.delete(f"{base}/v1/ingest/{cancelled}").status_code == 200
+        doc = wait_for(lambda: finished(cancelled), timeout=120)
+        assert doc["state"] == "cancelled", doc
+        assert live()["state"] == "running"
+
+        lost = httpx.post(base + "/v1/ingest", json={"sources": [str(long_file)]}).json()["job_id"]
+        wait_for(lambda: job(lost)["state"] == "running", timeout=60)
+        writer = int((root / LOCK_NAME).read_text().split()[0])  # the live process's MemoryActor
+        old_pid = live()["pid"]
+        os.kill(old_pid, signal.SIGKILL)  # the live process dies with the job in flight
+        doc = wait_for(lambda: finished(lost), timeout=60)
+        assert doc["state"] == "failed" and "live process" in doc["error"], doc
+        # its orphaned writer (a Ray worker, which notices only later that its node died) is gone,
+        # and the restarted live process takes the camera back (its one-client server restarted)
+        wait_for(lambda: not Path(f"/proc/{writer}/cmdline").exists()
+                 or b"MemoryActor" not in Path(f"/proc/{writer}/cmdline").read_bytes(), timeout=15)  # fmt: skip
+        camera.kill()
+        camera.wait()
+        camera = serve(cam, port)
+        back = wait_for(lambda: (s := live())["state"] == "running" and s["pid"] != old_pid and s, timeout=90)
+        assert back["pid"] is not None
+    finally:
+        code = stop(proc)
+        camera.kill()
+        camera.wait()
+    assert code == 0
+    check = subprocess.run([sys.executable, "-m", "pipeline", "store", "check", "--store", str(root), "--json"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert check.returncode == 0 and json.loads(check.stdout)["ok"], check.stdout + check.stderr
+    with EpisodeStore(root) as st:  # the writer was released; the camera's and the file's episodes are kept
+        assert {ep.source for ep in st.episodes(limit=1000)} >= {url, str(tiny_video.resolve())}
 
 
 @pytest.mark.slow
