@@ -1,10 +1,12 @@
-"""Small helpers shared by the benchmarks: the code version a result came from, writing results."""
+"""Small helpers shared by the benchmarks: the code version a result came from, writing results,
+muxing generated audio."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +34,15 @@ def write_json(path: str | Path, doc: dict[str, Any], *, default: Any = None) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, default=default) + "\n", encoding="utf-8")
     print(f"wrote {path}", file=sys.stderr)
+
+
+def mux_mono_audio(out: Any, stream: Any, audio: Any, sr: int, *, frame_samples: int = 1024) -> None:
+    """Encode a mono float32 signal into ``stream`` of the open PyAV container ``out`` (pts in
+    samples), then flush the encoder."""
+    import av
+
+    for k in range(0, len(audio), frame_samples):
+        frame = av.AudioFrame.from_ndarray(audio[None, k : k + frame_samples], format="flt", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = sr, k, Fraction(1, sr)
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,6 +18,11 @@ import numpy as np
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import mux_mono_audio  # noqa: E402
+
 SR = 16000
 FPS = 12
 SIZE = (320, 180)
@@ -83,11 +89,7 @@ def encode(data: Path, audio: np.ndarray, out: Path) -> None:
             dst.mux(vs.encode(out_frame))
             n += 1
         dst.mux(vs.encode())
-        for k in range(0, len(audio), 1024):
-            f = av.AudioFrame.from_ndarray(audio[None, k : k + 1024], format="flt", layout="mono")
-            f.sample_rate, f.pts, f.time_base = SR, k, Fraction(1, SR)
-            dst.mux(as_.encode(f))
-        dst.mux(as_.encode())
+        mux_mono_audio(dst, as_, audio, SR)
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import git_state, write_json  # noqa: E402
+from benchmarks.common import git_state, mux_mono_audio, write_json  # noqa: E402
 from benchmarks.soundscapes import Soundscape, build_soundscape  # noqa: E402
 from models.audio.esc50 import DEFAULT_TRIGGERS  # noqa: E402
 
@@ -122,11 +122,7 @@ def write_scenario(path: Path, frames: list[np.ndarray], audio: np.ndarray, sr: 
             frame.pts, frame.time_base = i, Fraction(1, FPS)
             out.mux(vs.encode(frame))
         out.mux(vs.encode())
-        for k in range(0, len(audio), 1024):
-            frame = av.AudioFrame.from_ndarray(audio[None, k : k + 1024], format="flt", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = sr, k, Fraction(1, sr)
-            out.mux(aus.encode(frame))
-        out.mux(aus.encode())
+        mux_mono_audio(out, aus, audio, sr)
     return path
 
 
