@@ -286,13 +286,16 @@ class LiveCapture:
     def _wall(self, t: float) -> float:
         return self._wall0 + (t - self._t0)
 
-    def _audio(self, packet: av.Packet, chunker: AudioChunker, t: float):
+    def _decoded(self, packet: av.Packet, kind: str) -> list:
+        """The packet's frames; a damaged packet is skipped with a warning (no frames)."""
         try:
-            frames = packet.decode()
+            return packet.decode()
         except av.FFmpegError as e:
-            self._warn(f"damaged audio skipped ({e.strerror or e})")
-            return
-        for frame in frames:
+            self._warn(f"damaged {kind} skipped ({e.strerror or e})")
+            return []
+
+    def _audio(self, packet: av.Packet, chunker: AudioChunker, t: float):
+        for frame in self._decoded(packet, "audio"):
             for chunk in chunker.push(frame, t=t, wall=self._wall(t), warn=self._warn):
                 self.stats.chunks += 1
                 yield chunk
@@ -314,12 +317,7 @@ class LiveCapture:
         )
 
     def _decode(self, packet: av.Packet, t_packet: float) -> None:
-        try:
-            frames = packet.decode()
-        except av.FFmpegError as e:
-            self._warn(f"damaged video skipped ({e.strerror or e})")
-            return
-        for frame in frames:
+        for frame in self._decoded(packet, "video"):
             self.stats.frames_decoded += 1
             pts = frame.pts if frame.pts is not None else None
             t = t_packet if pts is None else max(self._base, float(pts * frame.time_base) - self._origin + self._base)
