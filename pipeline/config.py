@@ -164,7 +164,7 @@ class TriggerConfig(_Section):
         "benchmarks/trigger_tune.py).",
     )
     interaction_threshold: float = Field(
-        0.8, gt=0, le=2,
+        0.7, gt=0, le=2,
         description="'Domestic interaction' probability that triggers whatever the label "
         "(> 1 disables).",
     )
@@ -173,7 +173,7 @@ class TriggerConfig(_Section):
         "evidence reaches (1 - hysteresis) of their threshold.",
     )
     refractory_s: float = Field(
-        2.0, ge=0, le=60, description="Sounds this close (s) to a trigger's last sound join it."
+        3.0, ge=0, le=60, description="Sounds this close (s) to a trigger's last sound join it."
     )
     sustain: float = Field(
         0.3, ge=0, le=1,
@@ -181,8 +181,18 @@ class TriggerConfig(_Section):
         "this fraction of their threshold extend its capture (1: only evidence does).",
     )
     min_capture_s: float = Field(
-        1.0, ge=0, le=60, description="Each sound that triggers is captured at least this long "
+        0.5, ge=0, le=60, description="Each sound that triggers is captured at least this long "
         "from its start (s).",
+    )
+    first_capture_s: float = Field(
+        2.6, ge=0, le=60,
+        description="The first kept sound of an accepted trigger is captured at least this long (s) "
+        "from its onset (a long sound heard only in part at low SNR; at most max_capture_s).",
+    )
+    first_capture_fraction: float = Field(
+        0.55, ge=0, le=10,
+        description="For a class whose sounds are usually short, first_capture_s is at most this "
+        "fraction of the class's typical length (models.audio.esc50.TYPICAL_SPAN_S).",
     )
     cap_runs: bool = Field(
         True, description="Sounds of one trigger whose windows touch share one max_capture_s "
@@ -219,8 +229,8 @@ class TriggerConfig(_Section):
     background_s: float = Field(4.0, gt=0, le=120, description="Running background length (s).")
     min_event_s: float = Field(0.08, ge=0, le=10, description="Shorter sounds are ignored (s).")
     merge_gap_s: float = Field(0.4, ge=0, le=10, description="Sounds closer than this merge (s).")
-    pre_roll_s: float = Field(0.25, ge=0, le=60, description="Capture starts this long before (s).")
-    post_roll_s: float = Field(0.25, ge=0, le=60, description="Capture ends this long after (s).")
+    pre_roll_s: float = Field(0.15, ge=0, le=60, description="Capture starts this long before (s).")
+    post_roll_s: float = Field(0.15, ge=0, le=60, description="Capture ends this long after (s).")
     max_capture_s: float | None = Field(
         3.0, gt=0, le=3600,
         description="A trigger captures at most this long from its start (s); empty: all of it.",

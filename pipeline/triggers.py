@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models.audio.base import AudioEvent, AudioEventDetector
-from models.audio.esc50 import DEFAULT_TRIGGERS
+from models.audio.esc50 import DEFAULT_TRIGGERS, TYPICAL_SPAN_S
 from pipeline.errors import ConfigError
 from pipeline.ingest import merge_spans
 from pipeline.types import AudioChunk, CaptureWindow, TriggerEvent, TriggerState
@@ -307,13 +307,16 @@ class TriggerPolicy:
         evidence_tail_s: float = EVIDENCE_TAIL_S,
         min_capture_s: float = 0.0,
         cap_runs: bool = False,
+        first_capture_s: float = 0.0,
+        first_capture_fraction: float = math.inf,
     ) -> None:
         _check_tunables(
             pre_roll_s=pre_roll_s, post_roll_s=post_roll_s, max_window_s=max_window_s,
             refractory_s=refractory_s, threshold=threshold, hysteresis=hysteresis,
             interaction_threshold=interaction_threshold, rate_window_s=rate_window_s,
             max_capture_fraction=max_capture_fraction, class_background_s=class_background_s,
-            sustain=sustain, evidence_tail_s=evidence_tail_s,
+            sustain=sustain, evidence_tail_s=evidence_tail_s, min_capture_s=min_capture_s,
+            first_capture_s=first_capture_s, first_capture_fraction=first_capture_fraction,
         )  # fmt: skip
         if rate_window_s <= 0 or max_capture_fraction <= 0:
             raise ConfigError("trigger rate_window_s and max_capture_fraction must be > 0")
@@ -332,6 +335,8 @@ class TriggerPolicy:
         self.sustain = float(sustain)
         self.min_capture_s = float(min_capture_s)
         self.cap_runs = bool(cap_runs)
+        self.first_capture_s = float(first_capture_s)
+        self.first_capture_fraction = float(first_capture_fraction)
         self.evidence_tail_s = float(evidence_tail_s)
         self.max_capture_fraction = float(max_capture_fraction)
         self.rate_window_s = float(rate_window_s)
@@ -411,7 +416,8 @@ class TriggerPolicy:
             max_capture_s=cfg.max_capture_s, class_background_s=cfg.class_background_s,
             sustain=cfg.sustain, evidence_tail_s=cfg.evidence_tail_s,
             min_capture_s=cfg.min_capture_s,
-            cap_runs=cfg.cap_runs,
+            cap_runs=cfg.cap_runs, first_capture_s=cfg.first_capture_s,
+            first_capture_fraction=cfg.first_capture_fraction,
         )  # fmt: skip
 
     @property
@@ -729,7 +735,9 @@ class TriggerPolicy:
             o.label, o.score = best.label, best.score
             o.t_start = min(s.onset for s in keep)
             o.t_end = max(s.end if s.end is not None else s.onset for s in keep)
-        spans = self._within_budget(o, self._cap_runs([self._capped(*self._span(s)) for s in keep]))
+        first = min(keep, key=lambda s: s.onset) if keep else None
+        spans = [self._span(s, first=s is first) for s in keep]
+        spans = self._within_budget(o, self._cap_runs([self._capped(*sp) for sp in spans]))
         ok = any(sp is not None for sp in spans)
         end = self._message(TriggerState.END, o.t_end, accepted=ok)
         logger.debug(
@@ -746,7 +754,7 @@ class TriggerPolicy:
         self._open = None
         return [end]
 
-    def _span(self, s: _Sound) -> tuple[float, float]:
+    def _span(self, s: _Sound, *, first: bool = False) -> tuple[float, float]:
         """The span of ``s`` to capture (before the ``max_capture_s`` cap): from its onset to its
         end or, if later, EVIDENCE_TAIL_S into its last patch of trigger evidence. The gate ends
         a sound when its level falls back to the background (at low SNR, soon after the loudest
@@ -756,7 +764,18 @@ class TriggerPolicy:
             b = max(b, s.ev_last + self.evidence_tail_s)
         if s.accepted:
             b = max(b, a + self.min_capture_s)
+        if first:  # the trigger's first kept sound: long sounds need about half of them seen
+            b = max(b, a + self._first_capture(s.label))
         return a, b
+
+    def _first_capture(self, label: str) -> float:
+        """Seconds the first kept sound of a trigger labelled ``label`` is captured at least:
+        ``first_capture_s``, or less for a class whose sounds are usually short
+        (``first_capture_fraction`` of its :data:`~models.audio.esc50.TYPICAL_SPAN_S`)."""
+        typical = TYPICAL_SPAN_S.get(label)
+        if typical is None:
+            return self.first_capture_s
+        return min(self.first_capture_s, self.first_capture_fraction * typical)
 
     def _capped(self, t0: float, t1: float) -> tuple[float, float]:
         return t0, t1 if self.max_capture_s is None else min(t1, t0 + self.max_capture_s)

@@ -42,6 +42,17 @@ DEFAULT_TRIGGERS: tuple[str, ...] = (
 )  # fmt: skip
 """Trigger classes by default (DESIGN.md §2.2)."""
 
+TYPICAL_SPAN_S: dict[str, float] = {
+    "door_wood_knock": 1.26, "door_wood_creaks": 5.0, "can_opening": 1.88, "glass_breaking": 3.27,
+    "keyboard_typing": 4.93, "mouse_click": 4.18, "pouring_water": 4.95, "toilet_flush": 5.0,
+    "brushing_teeth": 5.0, "drinking_sipping": 2.88, "clapping": 5.0, "footsteps": 5.0,
+    "clock_alarm": 5.0, "hand_saw": 5.0, "water_drops": 4.7,
+}  # fmt: skip
+"""Median active span (s, capped at 5 s) of the *train* clips of the interaction and default
+trigger classes (active part: frames within 30 dB of the clip's loudest, as in
+:func:`benchmarks.soundscapes.active_span`): how long such a sound usually lasts, used to size
+its capture (``trigger.first_capture_fraction``). Recomputed by ``tests/test_audio_spans.py``."""
+
 INTERACTION: tuple[str, ...] = (
     "door_wood_knock", "door_wood_creaks", "can_opening", "glass_breaking", "keyboard_typing",
     "mouse_click", "pouring_water", "toilet_flush", "brushing_teeth", "drinking_sipping",
