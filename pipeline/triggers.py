@@ -281,6 +281,13 @@ class TriggerPolicy:
         Kept sounds of one trigger whose padded windows touch form a run captured at most
         ``max_capture_s`` from its start (a sound the gate hears in pieces costs no more than
         one heard whole).
+    first_capture_s : float
+        The first kept sound of an accepted trigger is captured at least this long (s) from its
+        onset (still at most ``max_capture_s``): at low SNR the gate hears a fragment of a long
+        flush, creak or walk, and the benchmark counts an event once half of it is captured.
+    first_capture_fraction : float
+        For a class with a typical length (:data:`~models.audio.esc50.TYPICAL_SPAN_S`),
+        ``first_capture_s`` is at most this fraction of it (a knock needs less than a flush).
     """
 
     def __init__(
@@ -308,7 +315,7 @@ class TriggerPolicy:
         min_capture_s: float = 0.0,
         cap_runs: bool = False,
         first_capture_s: float = 0.0,
-        first_capture_fraction: float = math.inf,
+        first_capture_fraction: float = 0.55,
     ) -> None:
         _check_tunables(
             pre_roll_s=pre_roll_s, post_roll_s=post_roll_s, max_window_s=max_window_s,

@@ -497,3 +497,27 @@ def test_capture_budget_cuts_a_long_trigger_short_instead_of_dropping_it():
     ws = policy.windows(20.0)
     assert ws and ws[0].t_start == pytest.approx(9.75, abs=0.05)
     assert 2.5 < sum(w.t_end - w.t_start for w in ws) <= 3.0 + 1e-6
+
+
+@pytest.mark.parametrize("first_capture_s", [0.0, 2.0])
+def test_first_capture_s_extends_only_the_first_sound_of_a_trigger(first_capture_s):
+    # two bursts 1.7 s apart join one trigger; only the first is captured first_capture_s long
+    policy, sent = _burst_policy(lambda t: 0.95 if 9.5 <= t <= 10.1 or 12.4 <= t <= 13.0 else 0.01,
+                                 [(10.0, 10.3), (13.0, 13.3)], evidence_tail_s=0.0,
+                                 refractory_s=4.0, first_capture_s=first_capture_s)  # fmt: skip
+    assert len({m.trigger_id for _, m in sent}) == 1
+    got = spans(policy.windows(20.0))
+    first = (10.0, 12.0) if first_capture_s else (10.0, 10.3)
+    assert got == [pytest.approx(first, abs=0.05), pytest.approx((13.0, 13.3), abs=0.05)]
+
+
+def test_first_capture_is_shorter_for_a_class_whose_sounds_are_short():
+    from models.audio.esc50 import TYPICAL_SPAN_S
+
+    policy = TriggerPolicy("cam", EnergyDetector(), first_capture_s=2.6,
+                           first_capture_fraction=0.5)  # fmt: skip
+    knock = TYPICAL_SPAN_S["door_wood_knock"]
+    assert policy._first_capture("door_wood_knock") == pytest.approx(0.5 * knock)
+    assert policy._first_capture("toilet_flush") == 2.5  # 0.5 x 5 s
+    assert policy._first_capture("interaction") == 2.6  # no typical length: first_capture_s
+    assert policy._first_capture("my_doorbell") == 2.6
