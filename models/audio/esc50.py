@@ -51,7 +51,7 @@ TYPICAL_SPAN_S: dict[str, float] = {
 """Median active span (s, capped at 5 s) of the *train* clips of the interaction and default
 trigger classes (active part: frames within 30 dB of the clip's loudest, as in
 :func:`benchmarks.soundscapes.active_span`): how long such a sound usually lasts, used to size
-its capture (``trigger.first_capture_fraction``). Recomputed by ``tests/test_audio_spans.py``."""
+its capture (``trigger.first_capture_fraction``). Checked against the data by ``tests/test_models_audio_spans.py``."""
 
 INTERACTION: tuple[str, ...] = (
     "door_wood_knock", "door_wood_creaks", "can_opening", "glass_breaking", "keyboard_typing",
