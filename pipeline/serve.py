@@ -69,6 +69,7 @@ class Service:
         self.jobs = JobQueue(self.root, self.bus, config_path=config_path)
         self.sources = SourceRegistry(self.root, self.bus, config_path=config_path)
         self.jobs.live = self.sources  # jobs run in the live sources' process while it holds the writer
+        self.sources.writer_busy = self.jobs.hand_over  # a camera added while a job's process runs
         self.watcher = StoreWatcher(lambda: self.eidetic.store, self.bus,
                                     triggers=cfg.trigger.classes, period_s=cfg.serve.poll_s)  # fmt: skip
         self.metrics = Metrics(self)

@@ -3,9 +3,12 @@ its own crash domain; SIGTERM stops it cleanly). Live sources: :mod:`pipeline.se
 
 The store has one writer at a time. While the live sources' process runs (it holds the writer)
 jobs are handed to it and run there, through the same writer, alongside the cameras
-(``runner: "live"``); otherwise each job is a process of its own (``runner: "process"``). A job
-that finds the store open for writing elsewhere waits in the queue. Jobs are saved in the store
-directory (``jobs.json``) and survive restarts.
+(``runner: "live"``); otherwise each job is a process of its own (``runner: "process"``). A
+camera added while such a process runs does not wait for it: the process is stopped (SIGTERM:
+files stop after their current window, the journal keeps what is done) and the job goes on in
+the live process, which resumes it (:meth:`JobQueue.hand_over`). A job that finds the store open
+for writing elsewhere waits in the queue. Jobs are saved in the store directory (``jobs.json``)
+and survive restarts.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ MAX_JOBS_KEPT = 200
 LOCKED_RETRY_S = 2.0
 STOP_TIMEOUT_S = 15.0
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+HANDOVER_WAIT_S = 60.0  # a job handed to the live process waits this long for it before running alone
+MOVED = "moved to the live sources' process (a camera was added): it resumes there"
 
 
 def _save(path: Path, doc: Any) -> None:
@@ -93,6 +98,8 @@ class JobQueue:
         self._proc: subprocess.Popen | None = None
         self._stopping = False
         self._in_live: str | None = None  # the job running in the live process
+        self._proc_job: str | None = None  # the job running in a process of its own
+        self._handover: str | None = None  # that job, asked to move to the live process
         self._cancelled: set[str] = set()
         self._thread: threading.Thread | None = None
         for d in _load(store / JOBS_FILE) or []:
@@ -129,6 +136,21 @@ class JobQueue:
                     self.live.cancel_job(job_id)
             return job
 
+    def hand_over(self) -> bool:
+        """The live sources' process needs the store's writer (a camera was added): the job
+        running in a process of its own is stopped (SIGTERM: it stops after its current window
+        and the journal keeps what is done) and goes on in the live process, which resumes it.
+        True while that process still runs (the live process must wait for its writer to go).
+        Takes no lock: the source registry calls it holding its own."""
+        proc, job_id = self._proc, self._proc_job
+        if proc is None or job_id is None or proc.poll() is not None:
+            return False
+        if self._handover != job_id and not self._stopping and job_id not in self._cancelled:
+            self._handover = job_id
+            logger.info("job %s: stopping its process to resume it in the live sources' process", job_id)
+            proc.terminate()
+        return True
+
     @property
     def depth(self) -> int:
         return sum(1 for j in self.jobs.values() if j.state == "queued")
@@ -163,6 +185,7 @@ class JobQueue:
 
     def _execute(self, job: Job) -> None:
         cmd = ingest_command(job.sources, self.store, self.config_path)
+        moved_at = None  # when the job was handed to the live process (it waits for that process)
         while True:
             runner = self.live.job_runner() if self.live is not None else "off"
             if runner == "live" and self._execute_live(job):
@@ -170,20 +193,28 @@ class JobQueue:
             with self._cv:
                 if self._stopping or job.state != "queued":
                     return
-                if runner == "starting":  # the live process is about to hold the writer: wait for it
-                    if job.waiting is None:
+                handing = moved_at is not None and time.monotonic() - moved_at < HANDOVER_WAIT_S
+                if runner == "starting" or (runner == "off" and handing):  # the live process is about
+                    if job.waiting is None:  # to hold the writer: wait for it
                         job.waiting = "the live sources' process is starting"
                         self._changed(job)
                     self._cv.wait(LOCKED_RETRY_S / 4)
                     continue
                 self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                               text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+                self._proc_job = job.job_id
                 job.state, job.started, job.waiting, job.runner = "running", time.time(), None, "process"
                 self._changed(job)
             out, err = self._proc.communicate()
             code = self._proc.returncode
             with self._cv:
-                self._proc = None
+                self._proc, self._proc_job = None, None
+                moved = self._handover == job.job_id
+                self._handover = None
+                if moved and not self._stopping and job.job_id not in self._cancelled:
+                    job.state, job.waiting, moved_at = "queued", MOVED, time.monotonic()
+                    self._changed(job)
+                    continue
                 if "already open for writing" in err and not self._stopping:
                     job.state, job.waiting = "queued", "the store is open for writing elsewhere"
                     self._changed(job)

@@ -80,6 +80,9 @@ class SourceRegistry:
         self._reader: threading.Thread | None = None
         self._writer_pid: int | None = None  # the child's MemoryActor process
         self._cleanup: list[threading.Thread] = []  # after a crash: ending what the child left
+        # True while an ingest job's own process holds the writer (asking it to hand the job over
+        # to the child, :meth:`JobQueue.hand_over`); None: nothing else writes
+        self.writer_busy: Callable[[], bool] | None = None
         for d in _load(store / SOURCES_FILE) or []:
             self.sources[d["name"]] = Source(**d)
 
@@ -205,6 +208,8 @@ class SourceRegistry:
             self._group_exited()
         if self._group is None:
             if wanted and time.monotonic() >= self._group_retry_at and not any(t.is_alive() for t in self._cleanup):
+                if self.writer_busy is not None and self.writer_busy():  # an ingest job's process holds
+                    return  # the writer: it was asked to hand its job over; start once it is gone
                 self._start_group()
             return
         if not self._ready:

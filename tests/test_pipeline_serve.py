@@ -550,3 +550,65 @@ def test_query_by_example_image(server, store_dir):
     doc = httpx.post(server + "/v1/query", json=body, timeout=60).json()
     assert doc["answered"] and doc["evidence"][0]["episode_id"] == 2
     assert doc["evidence"][0]["score"] > 0.9 and doc["answer"].startswith("Similar: glass_breaking")
+
+
+@pytest.mark.slow
+def test_camera_added_while_a_job_runs_alone_takes_the_job_over(tmp_path):
+    """A file job running in a process of its own (no camera yet) does not make a camera added
+    meanwhile wait for it: the job's process is stopped cleanly and the job resumes in the live
+    process beside the camera (a real ffmpeg TCP server on loopback). Nothing is lost or stored
+    twice: the file's sounds and episodes match a plain `eidetic ingest` of it."""
+    from pipeline.serve_jobs import MOVED
+    from tests.media import write_video
+    from tests.test_pipeline_live import _free_port, serve
+
+    cam = write_video(tmp_path / "door.mp4", duration_s=90.0, clicks_at=[3.0 + 6 * k for k in range(14)], gop=12)
+    long_file = write_video(tmp_path / "long.mp4", duration_s=120.0, width=320, height=240,
+                            clicks_at=[2.0 + 3 * k for k in range(39)])  # fmt: skip
+    port = _free_port()
+    camera = serve(cam, port)
+    url = f"tcp://127.0.0.1:{port}"
+    root = tmp_path / "store"
+    proc, base = start(root)
+    events: list = []
+    ready = threading.Event()
+    threading.Thread(target=read_events, args=(base, events, ready, "?types=job"), daemon=True).start()
+
+    def job(job_id: str) -> dict:
+        return httpx.get(f"{base}/v1/ingest/{job_id}").json()
+
+    def stored() -> int:
+        doc = httpx.get(base + "/v1/sources").json()
+        return {r["source"]: r["episodes"] for r in doc["stored"]}.get(str(long_file.resolve()), 0)
+
+    try:
+        assert ready.wait(10)
+        job_id = httpx.post(base + "/v1/ingest", json={"sources": [str(long_file)]}).json()["job_id"]
+        wait_for(lambda: (d := job(job_id))["state"] == "running" and d["runner"] == "process", timeout=60)
+        wait_for(lambda: stored() >= 1, timeout=120)  # the job's own process has stored some of the file
+        assert httpx.post(base + "/v1/sources", json={"url": url, "name": "door"}).status_code == 201
+        wait_for(lambda: httpx.get(base + "/v1/sources").json()["live"][0]["state"] == "running", timeout=120)
+        doc = wait_for(lambda: (d := job(job_id))["state"] not in ("queued", "running") and d, timeout=300)
+        assert doc["state"] == "done" and doc["runner"] == "live", doc
+        seen = [(d["state"], d["runner"], d["waiting"]) for e, d in events if e == "job"]
+        assert ("running", "process", None) in seen and ("queued", "process", MOVED) in seen, seen
+        assert seen.index(("queued", "process", MOVED)) < seen.index(("running", "live", None)), seen
+    finally:
+        code = stop(proc)
+        camera.kill()
+        camera.wait()
+    assert code == 0
+    ref = tmp_path / "ref"
+    run = subprocess.run([sys.executable, "-m", "pipeline", "ingest", str(long_file), "--store", str(ref), "--json"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+
+    def memory(store: Path) -> tuple[list, list]:
+        with EpisodeStore(store) as st:
+            eps = [ep for ep in st.episodes(limit=1000) if ep.source == str(long_file.resolve())]
+        onsets = sorted(round(s.t_start, 2) for ep in eps for s in ep.sounds)
+        return onsets, sorted((round(ep.t_start, 1), round(ep.t_end, 1)) for ep in eps)
+
+    got, want = memory(root), memory(ref)
+    assert got[0] == want[0]  # every sound of the file, once
+    assert got[1] == want[1], (got[1], want[1])
