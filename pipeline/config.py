@@ -61,7 +61,8 @@ class IngestConfig(_Section):
     )
     perception_actors: int | None = Field(
         None, ge=1, le=64, description="Perception actors per file: its capture windows are "
-        "segmented and tracked this many at a time (empty: the number of CPUs Ray has).",
+        "segmented and tracked this many at a time (empty: Ray's CPUs less one, the one decoding; "
+        "at least 1).",
     )
     fast_decode: bool = Field(
         True, description="When sampling capture windows, skip H.264's deblocking filter and "

@@ -391,8 +391,8 @@ class Runner:
             actor = IngestActor.remote(named, stream_id, self.cfg, audio)
             perceptions = [
                 PerceptionActor.remote(self.cfg.perception, self.memory, self.cfg.ray.max_in_flight)
-                for _ in range(self.cfg.ingest.perception_actors or self.cpus)
-            ]  # windows are independent: perceived in parallel
+                for _ in range(self.cfg.ingest.perception_actors or max(1, self.cpus - 1))
+            ]  # windows are independent: perceived in parallel (decoding keeps a core busy)
             job.actors = (actor, *perceptions)
             prescan = self.prescan if self.prescan is not None and self.prescan.job is job else None
             if prescan is not None and prescan.stream_id != stream_id:  # not what it scanned for

@@ -99,15 +99,25 @@ class FlowPropagator:
         return f
 
     @staticmethod
-    def warp(prev: np.ndarray, flow: np.ndarray, *, border: float = 0.0) -> np.ndarray:
-        """Sample ``prev`` (``[H, W]`` mask or soft map, any dtype) along a backward ``flow``.
+    def maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``cv2.remap`` coordinates of a backward ``flow``: compute them once to
+        :meth:`warp` several masks along one flow."""
+        h, w = flow.shape[:2]
+        map_x = flow[..., 0] + np.arange(w, dtype=np.float32)[None, :]
+        map_y = flow[..., 1] + np.arange(h, dtype=np.float32)[:, None]
+        return map_x, map_y
+
+    @staticmethod
+    def warp(
+        prev: np.ndarray, flow: np.ndarray, *, border: float = 0.0,
+        maps: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:  # fmt: skip
+        """Sample ``prev`` (``[H, W]`` mask or soft map, any dtype) along a backward ``flow``
+        (``maps``: its :meth:`maps`, if already computed).
 
         Returns ``float32[H, W]`` (bilinear); positions outside the frame read ``border``.
         """
-        h, w = flow.shape[:2]
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        map_x = gx + flow[..., 0]
-        map_y = gy + flow[..., 1]
+        map_x, map_y = FlowPropagator.maps(flow) if maps is None else maps
         src = np.asarray(prev, dtype=np.float32)
         return cv2.remap(
             src, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=border
@@ -138,8 +148,9 @@ def warp_labels(prev_labels: np.ndarray, flow: np.ndarray) -> np.ndarray:
     out = np.zeros(prev_labels.shape, dtype=prev_labels.dtype)
     if not ids:
         return out
-    soft = [FlowPropagator.warp(prev_labels == 0, flow, border=1.0)]
-    soft += [FlowPropagator.warp(prev_labels == i, flow) for i in ids]
+    maps = FlowPropagator.maps(flow)
+    soft = [FlowPropagator.warp(prev_labels == 0, flow, border=1.0, maps=maps)]
+    soft += [FlowPropagator.warp(prev_labels == i, flow, maps=maps) for i in ids]
     best = np.argmax(np.stack(soft), axis=0)
     lut = np.array([0, *ids], dtype=prev_labels.dtype)
     return lut[best]

@@ -222,8 +222,9 @@ class Tracker:
         if self._prev is None or not self._tracks:
             return
         flow = self._flow.flow(self._prev, image)
+        maps = self._flow.maps(flow)  # once for every track
         for tr in self._tracks:
-            tr.mask = self._flow.warp(tr.mask, flow) > 0.5
+            tr.mask = self._flow.warp(tr.mask, flow, maps=maps) > 0.5
 
     def _usable(self, proposals: list[MaskProposal], n_pixels: int) -> list[MaskProposal]:
         keep = [p for p in proposals if p.area >= self.min_area_frac * n_pixels]

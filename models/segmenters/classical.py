@@ -323,12 +323,33 @@ def _kmeans(x: np.ndarray, k: int, *, iters: int = 8) -> np.ndarray:
             break
         centres.append(sample[rng.choice(len(sample), p=d / d.sum())])
     c = np.array(centres, dtype=np.float32)
+    columns = np.ascontiguousarray(x.T)
     for _ in range(iters):
-        labels = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(2), axis=1)
+        labels = _nearest(columns, c)
         c = np.array(
             [x[labels == j].mean(0) if (labels == j).any() else c[j] for j in range(len(c))]
         )
-    return np.argmin(((x[:, None, :] - c[None]) ** 2).sum(2), axis=1)
+    return _nearest(columns, c)
+
+
+def _nearest(columns: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre (squared distance, first on ties) of each point, given as
+    ``float32[3, n]`` columns: the same sums as ``((x[:, None] - c[None]) ** 2).sum(2)``, in the
+    same order, one centre at a time (no ``[n, k, 3]`` temporaries)."""
+    best = labels = None
+    for j, c in enumerate(centres):
+        d = columns[0] - c[0]
+        d *= d
+        for axis in (1, 2):
+            e = columns[axis] - c[axis]
+            e *= e
+            d += e
+        if best is None:
+            best, labels = d, np.zeros(len(d), dtype=np.intp)
+        else:
+            labels[d < best] = j
+            np.minimum(best, d, out=best)
+    return labels
 
 
 def _components(binary: np.ndarray) -> list[np.ndarray]:
