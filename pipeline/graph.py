@@ -77,8 +77,10 @@ def start_ray(cfg: ServiceConfig) -> bool:
     try:
         if cfg.ray.address:
             ray.init(address=cfg.ray.address, **kwargs)
-        else:
-            ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=0, **kwargs)
+        else:  # no idle task workers started in advance: ingest runs actors (each its own worker),
+            # and the two Ray would prestart cost ~1 CPU s at the busiest moment, Ray's start-up
+            ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=0, **kwargs,
+                     _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False})
     finally:
         if main:  # Ray installs its own SIGTERM handler (exit at once): put the caller's back
             for sig, handler in mine.items():
