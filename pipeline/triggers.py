@@ -284,7 +284,8 @@ class TriggerPolicy:
     first_capture_s : float
         The first kept sound of an accepted trigger is captured at least this long (s) from its
         onset (still at most ``max_capture_s``): at low SNR the gate hears a fragment of a long
-        flush, creak or walk, and the benchmark counts an event once half of it is captured.
+        flush, creak or walk, and the benchmark counts an event once half of it is captured (with a classifier only: the weight-free gate alone captures a
+        sound as it heard it).
     first_capture_fraction : float
         For a class with a typical length (:data:`~models.audio.esc50.TYPICAL_SPAN_S`),
         ``first_capture_s`` is at most this fraction of it (a knock needs less than a flush).
@@ -778,7 +779,11 @@ class TriggerPolicy:
     def _first_capture(self, label: str) -> float:
         """Seconds the first kept sound of a trigger labelled ``label`` is captured at least:
         ``first_capture_s``, or less for a class whose sounds are usually short
-        (``first_capture_fraction`` of its :data:`~models.audio.esc50.TYPICAL_SPAN_S`)."""
+        (``first_capture_fraction`` of its :data:`~models.audio.esc50.TYPICAL_SPAN_S`). Without
+        a classifier (``detector: energy``) nothing says a sound goes on past what the gate heard:
+        its span is captured as heard (0)."""
+        if self.classifier is None:
+            return 0.0
         typical = TYPICAL_SPAN_S.get(label)
         if typical is None:
             return self.first_capture_s

@@ -514,10 +514,13 @@ def test_first_capture_s_extends_only_the_first_sound_of_a_trigger(first_capture
 def test_first_capture_is_shorter_for_a_class_whose_sounds_are_short():
     from models.audio.esc50 import TYPICAL_SPAN_S
 
-    policy = TriggerPolicy("cam", EnergyDetector(), first_capture_s=2.6,
-                           first_capture_fraction=0.5)  # fmt: skip
+    policy = TriggerPolicy("cam", EnergyDetector(), classifier=TimedClassifier(lambda t: 0.0),
+                           first_capture_s=2.6, first_capture_fraction=0.5)  # fmt: skip
     knock = TYPICAL_SPAN_S["door_wood_knock"]
     assert policy._first_capture("door_wood_knock") == pytest.approx(0.5 * knock)
     assert policy._first_capture("toilet_flush") == 2.5  # 0.5 x 5 s
     assert policy._first_capture("interaction") == 2.6  # no typical length: first_capture_s
     assert policy._first_capture("my_doorbell") == 2.6
+    # the weight-free gate alone: nothing says a sound goes on past what it heard
+    alone = TriggerPolicy("cam", EnergyDetector(), first_capture_s=2.6)
+    assert alone._first_capture("sound") == 0.0
