@@ -188,7 +188,8 @@ class TriggerConfig(_Section):
     first_capture_s: float = Field(
         2.6, ge=0, le=60,
         description="The first kept sound of an accepted trigger is captured at least this long (s) "
-        "from its onset (a long sound heard only in part at low SNR; at most max_capture_s).",
+        "from its onset (a long sound heard only in part at low SNR; at most max_capture_s). "
+        "Classifier only: detector 'energy' captures a sound as the gate heard it.",
     )
     first_capture_fraction: float = Field(
         0.55, ge=0, le=10,
