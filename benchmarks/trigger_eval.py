@@ -19,7 +19,8 @@ Builds ``--n`` soundscapes (:mod:`benchmarks.soundscapes`, held-out clips only),
   over the truth span (``CaptureWindow.labels``) is the true class.
 - **latency** (of recalled events): among the accepted triggers whose span (over all their
   messages) overlaps the event, the first START's emission time minus the truth start; UPDATE:
-  that trigger's first UPDATE (its END if none). Emission time = the fed chunk's end (the
+  that trigger's first UPDATE of label or score (its END if none; an UPDATE that only widens
+  the capture extent, same label and score as the message before, does not count). Emission time = the fed chunk's end (the
   duration at flush). Negative values (a trigger already open) count as 0.
 - **speed**: audio seconds / wall seconds of feed + flush only, one thread (env set below).
 - **classifier**: if ``models.audio.cnn.AudioClassifier`` exists, 50-class clip accuracy on the
@@ -121,7 +122,10 @@ def _latencies(
     if not starts:
         return None, None
     t0, tid = min(starts)
-    later = [(t, e.state) for t, e in emitted if e.trigger_id == tid and t >= t0]
+    mine = [(t, e) for t, e in emitted if e.trigger_id == tid]
+    labelled = [(t, e.state) for (t, e), (_, prev) in zip(mine[1:], mine)
+                if e.state is not UPDATE or (e.label, e.score) != (prev.label, prev.score)]  # fmt: skip
+    later = [(t, s) for t, s in labelled if t >= t0]
     upd = [t for t, s in later if s is UPDATE] or [t for t, s in later if s is END]
     t1 = min(upd) if upd else None
     return max(0.0, t0 - ev.t_start), None if t1 is None else max(0.0, t1 - ev.t_start)

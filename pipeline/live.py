@@ -11,6 +11,7 @@ and one clock across reconnects. Decoded frames waiting for a trigger's verdict 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -100,18 +101,34 @@ class PacketRing:
 
 @dataclass(slots=True)
 class _Capture:
-    """Frames decoded for triggers: open from ``t_from`` until the trigger ends; accepted ones
-    wait in ``closing`` for their post-roll."""
+    """Frames decoded for triggers: the open trigger's from ``t_from`` until it ends, decoded
+    inside its padded ``extent`` (what the policy says it may still capture); accepted triggers'
+    windows (built from their END's spans) wait in ``closing`` for the stream to pass them."""
 
     t_from: float | None = None
-    until: float = float("inf")  # an open trigger is decoded up to here (max_capture_s)
+    extent: tuple[tuple[float, float], ...] = ()  # the open trigger's padded spans
     label: str = ""
+    ends: list[TriggerEvent] = field(default_factory=list)  # accepted ENDs not all handed over
+    handed_to: float = float("-inf")  # end of the last window handed over
     closing: list[CaptureWindow] = field(default_factory=list)
     frames: list[FramePacket] = field(default_factory=list)
+    last_t: float = float("-inf")  # time of the newest frame held (decoding may restart earlier)
 
     @property
     def active(self) -> bool:
         return self.t_from is not None or bool(self.closing)
+
+    @property
+    def until(self) -> float:
+        """An open trigger is decoded up to here."""
+        return max((b for _, b in self.extent), default=float("-inf"))
+
+    def inside(self, t: float) -> bool:
+        """Whether a frame at ``t`` is held: from the open trigger's start to its extent's end
+        (a sound may yet join it), or in an accepted window."""
+        return (self.t_from is not None and self.t_from <= t <= self.until) or any(
+            w.t_start <= t <= w.t_end for w in self.closing
+        )
 
 
 @dataclass(slots=True)
@@ -167,6 +184,8 @@ class LiveCapture:
         self.stop = threading.Event()
         self._cap = _Capture()
         self._decoder_on = False
+        self._dec_t = float("-inf")  # time of the newest frame decoded
+        self._stopped_at = float("-inf")  # stream time when the decoder was last stopped
         self._t_last = 0.0  # media time of the newest packet
         self._base = 0.0  # media time where the current connection starts
         self._origin: float | None = None  # the connection's first packet time (its own clock)
@@ -309,25 +328,32 @@ class LiveCapture:
             self._close_due(on_window)
 
     def _wanted(self) -> bool:
-        """Video must be decoded now: an open trigger within its capture span, or an accepted
+        """Video must be decoded now: an open trigger within its capture extent, or an accepted
         window whose end the stream has not reached."""
         c = self._cap
-        return (c.t_from is not None and self._t_last <= c.until) or any(
-            w.t_end >= self._t_last for w in c.closing
-        )
+        # while decoding: up to the newest frame out of the decoder (its threads lag the demuxer
+        # by a few frames, at most 1 s), so the last wanted frames are not flushed away
+        t = max(self._dec_t, self._t_last - 1.0) if self._decoder_on else self._t_last
+        return (c.t_from is not None and t <= c.until) or any(w.t_end >= t for w in c.closing)
+
+    def _resume_from(self) -> float | None:
+        """Where decoding must (re)start: the earliest wanted time not held yet."""
+        c = self._cap
+        done = max(c.last_t, self._dec_t)  # frames up to here were decoded (and held if wanted)
+        spans = [*c.extent, *((w.t_start, w.t_end) for w in c.closing)]
+        # a span ending before the decoder last stopped was decoded as far as it got
+        starts = [max(a, done) for a, b in spans if b > max(done, self._stopped_at)]
+        return min(starts) if starts else None
 
     def _decode(self, packet: av.Packet, t_packet: float) -> None:
         for frame in self._decoded(packet, "video"):
             self.stats.frames_decoded += 1
             pts = frame.pts if frame.pts is not None else None
             t = t_packet if pts is None else max(self._base, float(pts * frame.time_base) - self._origin + self._base)
-            lo = self._needed_from()
-            hi = max([self._cap.until if self._cap.t_from is not None else -1.0]
-                     + [w.t_end for w in self._cap.closing])  # fmt: skip
-            if lo is None or t < lo or t > hi or not self._sampler.keep(t):
-                continue
-            if self._cap.frames and t <= self._cap.frames[-1].t:
-                continue  # already held (decoding restarted from the ring)
+            self._dec_t = t
+            if t <= self._cap.last_t or not self._cap.inside(t) or not self._sampler.keep(t):
+                continue  # already held (decoding restarted from the ring), or not wanted
+            self._cap.last_t = t
             if len(self._cap.frames) >= self.max_pending:
                 self.stats.frames_dropped += 1
                 continue
@@ -345,13 +371,13 @@ class LiveCapture:
         if self._decoder_on:
             return
         self._decoder_on = True
-        self._sampler.start(t_from)
         for t, packet in self.ring.since(t_from):
             self._decode(packet, t)
 
     def _stop_decoding(self) -> None:
         """Decoder off (its buffers dropped); pending frames stay while a verdict is awaited."""
         self._decoder_on = False
+        self._stopped_at = self._t_last
         if not self._cap.active:
             self._cap.frames.clear()
         if self._stream is not None:
@@ -361,51 +387,111 @@ class LiveCapture:
                 logger.debug("decoder flush: %s", e)
 
     def _on_events(self, events: list[TriggerEvent], on_window: OnWindow) -> None:
+        c = self._cap
         for e in events:
             if e.state is TriggerState.START:
-                self._cap.t_from = e.t_start - self.pre_roll_s
-                cap_s = self.max_capture_s if self.max_capture_s is not None else float("inf")
-                self._cap.until = e.t_start + cap_s + self.post_roll_s
-                self._cap.label = e.label
-                self._start_decoding(self._cap.t_from)
+                c.extent = self._padded(e)
+                c.t_from = min(e.t_start - self.pre_roll_s, *(a for a, _ in c.extent))
+                c.label = e.label
+                self._resume(c.t_from, rewind=True)
+            elif e.state is TriggerState.UPDATE and c.t_from is not None:
+                c.label = e.label
+                if e.spans:  # the policy's capture extent moved (a sound joined, went on)
+                    c.extent = self._padded(e)
+                    t_from = min(c.t_from, *(a for a, _ in c.extent))
+                    horizon = self._t_last - self.ring.keep_s  # no later sound reaches back past this
+                    keep = [f for f in c.frames if f.t >= horizon or any(a <= f.t <= b for a, b in c.extent)
+                            or any(w.t_start <= f.t <= w.t_end for w in c.closing)]  # fmt: skip
+                    c.frames = keep
+                    if t_from < c.t_from:  # a sound found before the trigger's start joined it
+                        c.t_from = t_from
+                        self._resume(t_from, rewind=True)
+                    elif not self._decoder_on and self._wanted():
+                        self._resume(self._resume_from())
             elif e.state is TriggerState.END:
-                self._cap.t_from = None
+                c.t_from, c.extent = None, ()
                 if e.accepted:
                     self.stats.triggers += 1
-                    self._cap.closing += self._windows(e)
-                elif not self._cap.closing:
-                    self._cap.frames.clear()
+                    c.ends.append(self._with_spans(e))
+                    c.closing = self._windows()
+                c.frames = [f for f in c.frames if c.inside(f.t)]  # a rejected END drops its frames
         self._close_due(on_window)
 
-    def _windows(self, e: TriggerEvent) -> list[CaptureWindow]:
+    def _with_spans(self, e: TriggerEvent) -> TriggerEvent:
+        """``e`` with capture spans: its own, else (a producer that does not fill them) its span
+        cut at ``max_capture_s`` from its start."""
+        if e.spans:
+            return e
         end = e.t_end if self.max_capture_s is None else min(e.t_end, e.t_start + self.max_capture_s)
-        a, b = e.t_start - self.pre_roll_s, end + self.post_roll_s
-        n = max(1, int(-(-(b - a) // self.max_window_s)))
-        step = (b - a) / n
-        return [CaptureWindow(self.stream_id, a + i * step, a + (i + 1) * step, (e.label,), (e.trigger_id,))
-                for i in range(n)]  # fmt: skip
+        return dataclasses.replace(e, spans=((e.t_start, end),))
+
+    def _padded(self, e: TriggerEvent) -> tuple[tuple[float, float], ...]:
+        """The open trigger's capture extent with the rolls (without spans: ``max_capture_s``
+        from its start)."""
+        if e.spans:
+            spans = e.spans
+        else:
+            cap_s = self.max_capture_s if self.max_capture_s is not None else float("inf")
+            spans = ((e.t_start, e.t_start + cap_s),)
+        return tuple((a - self.pre_roll_s, b + self.post_roll_s) for a, b in spans)
+
+    def _windows(self) -> list[CaptureWindow]:
+        """Windows of the accepted triggers not handed over yet: built from their END's spans
+        exactly as a file's are (:func:`pipeline.triggers.capture_windows`: rolls, merge, split
+        at ``max_window_s``), less what was already handed over."""
+        from pipeline.triggers import capture_windows
+
+        c = self._cap
+        c.ends = [e for e in c.ends if max(b for _, b in e.spans) + self.post_roll_s > c.handed_to]
+        out = []
+        for w in capture_windows(c.ends, stream_id=self.stream_id, pre_roll_s=self.pre_roll_s,
+                                 post_roll_s=self.post_roll_s, max_window_s=self.max_window_s):  # fmt: skip
+            if w.t_end > c.handed_to + 1e-6:
+                out.append(w if w.t_start >= c.handed_to else dataclasses.replace(w, t_start=c.handed_to))
+        return out
+
+    def _resume(self, t_from: float | None, *, rewind: bool = False) -> None:
+        """Decode from the ring's keyframe at or before ``t_from`` on. If decoding already went
+        past ``t_from`` (frames not wanted then, wanted now) and ``rewind``: frames held from
+        ``t_from`` on are dropped and decoded again from the ring (at most its few seconds)."""
+        if t_from is None:
+            return
+        c = self._cap
+        if self._decoder_on:
+            if not rewind or t_from >= self._dec_t:
+                return
+            self._stop_decoding()
+        if rewind:
+            self._dec_t = self._stopped_at = float("-inf")
+            c.frames = [f for f in c.frames if f.t < t_from]
+            c.last_t = c.frames[-1].t if c.frames else float("-inf")
+            self._sampler.start(t_from)
+        self._start_decoding(max(t_from, c.last_t))
 
     def _close_due(self, on_window: OnWindow, *, final: bool = False) -> None:
         """Hand over every closing window whose end the video has passed (all of them if final)."""
-        while self._cap.closing and (final or self._t_last > self._cap.closing[0].t_end):
-            w = self._cap.closing.pop(0)
-            frames = [f for f in self._cap.frames if w.t_start <= f.t <= w.t_end]
+        c = self._cap
+        while c.closing and (final or self._t_last > c.closing[0].t_end):
+            w = c.closing.pop(0)
+            frames = [f for f in c.frames if w.t_start <= f.t <= w.t_end]
             self.stats.windows += 1
             self.stats.frames_processed += len(frames)
             on_window(w, frames)
+            c.handed_to = max(c.handed_to, w.t_end)
             lo = self._needed_from()
-            self._cap.frames = [] if lo is None else [f for f in self._cap.frames if f.t >= lo]
+            c.frames = [] if lo is None else [f for f in c.frames if f.t > w.t_end and f.t >= lo]
         if self._decoder_on and not self._wanted():
             self._stop_decoding()
-        elif not self._decoder_on and self._wanted() and self._cap.t_from is None:
-            self._start_decoding(self._needed_from())  # an accepted window still to be filled
+        elif not self._decoder_on and self._wanted():
+            self._resume(self._resume_from())  # a window or an extent still to be filled
 
     def _finish(self, on_window: OnWindow) -> None:
         """End of the source: captures already decoded are handed over, not lost."""
         if self._cap.t_from is not None:  # still open: keep what was captured
             label = self._cap.label or "sound"
-            self._cap.closing.append(CaptureWindow(self.stream_id, self._cap.t_from, self._t_last, (label,)))
-            self._cap.t_from = None
+            a = max(self._cap.t_from, self._cap.handed_to)
+            self._cap.closing.append(CaptureWindow(self.stream_id, a, min(self._t_last, self._cap.until), (label,)))
+            self._cap.t_from, self._cap.extent = None, ()
         self._close_due(on_window, final=True)
         if self.status not in ("gave up",):
             self.status = "stopped" if self.stop.is_set() else "ended"

@@ -66,7 +66,8 @@ def capture_windows(
     Parameters
     ----------
     events : Iterable[TriggerEvent]
-        Trigger events; only accepted ``END`` events count (each carries its sound's span).
+        Trigger events; only accepted ``END`` events count: each of its ``spans`` is captured
+        (``[t_start, t_end]`` if it has none).
     stream_id : str
         Stream the windows belong to.
     pre_roll_s, post_roll_s : float
@@ -88,9 +89,10 @@ def capture_windows(
     for e in events:
         if e.state is not TriggerState.END or not e.accepted:
             continue
-        s, t = max(0.0, e.t_start - pre_roll_s), min(hi, e.t_end + post_roll_s)
-        if t > s + EPS_S:
-            spans.append((s, t, e))
+        for a, b in e.spans or ((e.t_start, e.t_end),):
+            s, t = max(0.0, a - pre_roll_s), min(hi, b + post_roll_s)
+            if t > s + EPS_S:
+                spans.append((s, t, e))
     spans.sort(key=lambda x: (x[0], x[1]))
     groups: list[list[tuple[float, float, TriggerEvent]]] = []
     for span in spans:
@@ -103,6 +105,13 @@ def capture_windows(
         start, end = g[0][0], max(t for _, t, _ in g)
         out += _split(start, end, g, stream_id=stream_id, max_window_s=max_window_s)
     return out
+
+
+def _same(spans: tuple[tuple[float, float], ...], other: tuple[tuple[float, float], ...]) -> bool:
+    """Whether two lists of spans are the same (within EPS_S)."""
+    return len(spans) == len(other) and all(
+        abs(a - c) <= EPS_S and (b == d or abs(b - d) <= EPS_S) for (a, b), (c, d) in zip(spans, other)
+    )
 
 
 PATCH_FRAMES = 96  # frames per classifier patch (0.96 s)
@@ -199,6 +208,7 @@ class _Trigger:
     sounds: list
     last_label: str = "sound"
     last_score: float = 0.0
+    sent_extent: tuple = ()  # the capture extent its last START/UPDATE carried
 
 
 class TriggerPolicy:
@@ -538,7 +548,49 @@ class TriggerPolicy:
             final or now >= o.t_end + self.refractory_s - EPS_S
         ):
             out += self._end()
+        return self._with_extent(out, now)
+
+    def _with_extent(self, out: list[TriggerEvent], now: float) -> list[TriggerEvent]:
+        """The open trigger's START/UPDATE messages in ``out`` carry its capture extent (see
+        :meth:`_extent`); if none was sent and the extent changed since the last one carried
+        (a sound joined, went on or ended), an UPDATE with the same label and score says so (a
+        live source decodes video for just that)."""
+        o = self._open
+        if o is None:
+            return out
+        extent = self._extent(o)
+        mine = [i for i, m in enumerate(out) if m.trigger_id == o.trigger_id and m.state is not TriggerState.END]
+        for i in mine:
+            out[i] = dataclasses.replace(out[i], spans=extent)
+        if not mine and not _same(extent, o.sent_extent):
+            t = now if math.isfinite(now) else o.t_end
+            out.append(TriggerEvent(
+                o.trigger_id, self.stream_id, TriggerState.UPDATE, o.last_label, o.last_score, t,
+                o.t_start, o.t_end, spans=extent,
+            ))  # fmt: skip
+        o.sent_extent = extent
         return out
+
+    def _extent(self, o: _Trigger) -> tuple[tuple[float, float], ...]:
+        """The most the open trigger ``o`` may still capture, one span per sound (before the
+        rolls): a sound still going on may reach ``max_capture_s`` from its onset; a finished
+        one is known (:meth:`_span`, counted as its trigger's first kept sound unless a kept
+        sound before it is certain), unless too weak to be kept. A superset of the spans its END
+        will carry, as long as no new sound joins."""
+        cap = math.inf if self.max_capture_s is None else self.max_capture_s
+        floor = 1.0 - self.hysteresis
+        out, first_known = [], False
+        for s in sorted(o.sounds, key=lambda x: x.onset):
+            sustained = (self.sustain < 1.0 and s.ev_last is not None
+                         and s.ev_last >= self._last_t0 - EPS_S and s.ev_last < s.onset + cap)  # fmt: skip
+            if not s.final or sustained:  # still going on, or the next patch may sustain it
+                out.append((s.onset, s.onset + cap))
+                continue
+            if not (s.accepted or (s.best is not None and s.best.strength >= floor)):
+                continue
+            out.append(self._capped(*self._span(s, first=not first_known)))
+            first_known = first_known or s.accepted
+        return tuple(out)
 
     def _gate_only(self, now: float) -> list[TriggerEvent]:
         """Without a classifier every gate sound is final, accepted, as the gate labelled it."""
@@ -748,6 +800,8 @@ class TriggerPolicy:
         spans = self._within_budget(o, self._cap_runs([self._capped(*sp) for sp in spans]))
         ok = any(sp is not None for sp in spans)
         end = self._message(TriggerState.END, o.t_end, accepted=ok)
+        if ok:  # what its capture windows are built from, here and by a live source
+            end = dataclasses.replace(end, spans=tuple(sorted(sp for sp in spans if sp is not None)))
         logger.debug(
             "stream %s trigger %d: %s %.3f-%.3f s (score %.2f) %s",
             self.stream_id, end.trigger_id, end.label, end.t_start, end.t_end, end.score,
@@ -756,7 +810,7 @@ class TriggerPolicy:
         self._ended.append(end)
         if ok:  # each kept sound is captured from its start (at most max_capture_s of it)
             self._capture += [
-                dataclasses.replace(end, label=k.label, score=k.score, t_start=sp[0], t_end=sp[1])
+                dataclasses.replace(end, label=k.label, score=k.score, t_start=sp[0], t_end=sp[1], spans=(sp,))
                 for k, sp in zip(keep, spans) if sp is not None
             ]  # fmt: skip
         self._open = None

@@ -51,7 +51,14 @@ class TriggerState(str, Enum):
 @dataclass(frozen=True, slots=True)
 class TriggerEvent:
     """A trigger's state change. t: media seconds of the change; t_start/t_end: the sound's span
-    so far; accepted is meaningful on END (False drops the capture window)."""
+    so far; accepted is meaningful on END (False drops the capture window).
+
+    spans: the trigger's capture spans (media seconds, before pre/post-roll, sorted). On an
+    accepted END: exactly the spans its capture windows are built from (one per kept sound, after
+    the ``max_capture_s`` cap and the rate limit); on START/UPDATE: the most they may still reach
+    while the trigger is open (a live source decodes video for them); empty from producers that
+    do not fill it (a rejected END, the visual trigger): then ``[t_start, t_end]`` is captured.
+    """
 
     trigger_id: int
     stream_id: str
@@ -62,6 +69,7 @@ class TriggerEvent:
     t_start: float
     t_end: float
     accepted: bool = True
+    spans: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

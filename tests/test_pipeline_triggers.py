@@ -92,15 +92,18 @@ def test_update_when_a_better_sound_joins_then_end_after_refractory_time() -> No
         [
             [AudioEvent("sound", 0.5, 1.0, 1.2)],
             [AudioEvent("knock", 0.9, 1.4, 1.6)],  # 0.2 s later: same trigger, better score
-            [AudioEvent("sound", 0.3, 1.7, 1.8)],  # same trigger, worse: no message
+            [AudioEvent("sound", 0.3, 1.7, 1.8)],  # same trigger, worse: its span only
             [],
             [AudioEvent("sound", 0.4, 3.0, 3.1)],
         ]
     )
     policy = TriggerPolicy("cam", det, refractory_s=0.4)
     got = [policy.feed(c) for c in (chunk(0, 1.3), chunk(1.3, 1.65), chunk(1.65, 1.9))]
-    assert [[m.state for m in msgs] for msgs in got] == [[START], [UPDATE], []]
+    assert [[m.state for m in msgs] for msgs in got] == [[START], [UPDATE], [UPDATE]]
     assert (got[1][0].label, got[1][0].score, got[1][0].t) == ("knock", 0.9, 1.65)
+    # a worse sound joining changes neither label nor score: the UPDATE carries its span alone
+    assert (got[2][0].label, got[2][0].score) == ("knock", 0.9)
+    assert got[1][0].spans == ((1.0, 1.2), (1.4, 1.6)) and got[2][0].spans[-1] == (1.7, 1.8)
     (ended,) = policy.feed(chunk(1.9, 2.3))  # 2.3 >= 1.8 + 0.4: the trigger is over
     assert ended.state is END and ended.accepted and ended.trigger_id == 0
     assert (ended.label, ended.score, ended.t_start, ended.t_end) == ("knock", 0.9, 1.0, 1.8)
