@@ -60,12 +60,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _listening(port: int) -> bool:
-    """True when some process listens on 127.0.0.1:``port`` (read from /proc, not by connecting:
-    a connection would use up the one-client server)."""
+def _serving(port: int) -> bool:
+    """True when some process listens on 127.0.0.1:``port`` *or already serves a client there*
+    (read from /proc, not by connecting: a connection would use up the one-client server). A
+    one-client server stops listening the moment a reconnecting client gets in, which can be
+    before the first look: listening alone would then never be seen (and the server, once done,
+    would look like one that failed to start and be started a second time)."""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         local, state = line.split()[1], line.split()[3]
-        if state == "0A" and int(local.split(":")[1], 16) == port:
+        if state in ("0A", "01") and int(local.split(":")[1], 16) == port:  # LISTEN, ESTABLISHED
             return True
     return False
 
@@ -78,7 +81,7 @@ def serve(media: Path, port: int) -> subprocess.Popen:
     # socket: ffmpeg then exits at once, and is started again (bounded by the deadline).
     deadline = time.monotonic() + 30
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not _listening(port):
+    while not _serving(port):
         if time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError("ffmpeg did not start listening")
