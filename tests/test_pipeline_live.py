@@ -38,10 +38,10 @@ def _need_ffmpeg() -> str:
 
 
 def _free_port() -> int:
-    """A free loopback port *below* the kernel's ephemeral range. A client that keeps
-    reconnecting to a port in that range while its server is down can be handed that very port
-    as its own source port and connect to itself (TCP self-connect), and the restarted server
-    then cannot bind it: "ffmpeg did not start listening", now and then."""
+    """A free loopback port *below* the kernel's ephemeral range: a client that keeps
+    reconnecting to a port in that range while its server is down could be handed that very
+    port as its own source port and connect to itself (TCP self-connect), and a restarted server
+    could then not bind it."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
