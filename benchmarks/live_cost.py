@@ -50,7 +50,7 @@ def quiet_media(media: Path, seconds: float) -> Path:
 
 
 def _serve(media: Path, port: int, *, realtime: bool, loops: int = 0) -> subprocess.Popen:
-    from tests.test_pipeline_live import _listening
+    from tests.test_pipeline_live import _serving
 
     cmd = ["ffmpeg", "-v", "error"] + (["-re"] if realtime else []) + [
         "-stream_loop", str(loops), "-i", str(media), "-c", "copy", "-f", "mpegts",
@@ -58,7 +58,7 @@ def _serve(media: Path, port: int, *, realtime: bool, loops: int = 0) -> subproc
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
-    while not _listening(port):
+    while not _serving(port):
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             raise RuntimeError("ffmpeg did not start listening")
