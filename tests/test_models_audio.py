@@ -123,6 +123,23 @@ def test_warm_up_runs() -> None:
     assert warm_up() >= 0.0
 
 
+def test_shipped_front_end_constants_are_librosas(tmp_path, monkeypatch) -> None:
+    """The filterbank and window read from models/audio/weights/frontend.npz (no librosa import
+    per process) are exactly what librosa builds; a missing file falls back to librosa."""
+    from models.audio import features
+
+    shipped = np.load(features.FRONTEND)
+    fresh = features.librosa_frontend()
+    for key in ("mel_basis", "window"):
+        np.testing.assert_array_equal(shipped[key], fresh[key])
+    monkeypatch.setattr(features, "FRONTEND", tmp_path / "missing.npz")
+    features._frontend.cache_clear()
+    try:
+        np.testing.assert_array_equal(features._frontend()["mel_basis"], fresh["mel_basis"])
+    finally:
+        features._frontend.cache_clear()
+
+
 # ----------------------------------------------------------------------------- energy gate
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,16 +62,51 @@ def n_frames(n_samples: int) -> int:
     return 0 if n_samples < WIN else 1 + (n_samples - WIN) // HOP
 
 
-@functools.lru_cache(maxsize=1)
-def _mel_basis() -> Any:
-    """YAMNet's filterbank (HTK mel, unnormalised triangles) as a sparse ``[64, 257]`` matrix."""
+FRONTEND = Path(__file__).resolve().parent / "weights" / "frontend.npz"  # librosa's constants
+
+
+def librosa_frontend() -> dict[str, np.ndarray]:
+    """The front-end's constants from librosa: YAMNet's filterbank (HTK mel, unnormalised
+    triangles, ``float32[64, 257]``) and the periodic Hann window (``float32[400]``)."""
     import librosa
-    import scipy.sparse
 
     basis = librosa.filters.mel(
         sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX, htk=True, norm=None
     )
-    return scipy.sparse.csr_array(basis)
+    window = librosa.filters.get_window("hann", WIN, fftbins=True)
+    return {"mel_basis": np.asarray(basis, dtype=np.float32), "window": np.asarray(window, dtype=np.float32)}
+
+
+def export_frontend(path: Path = FRONTEND) -> Path:
+    """Write :func:`librosa_frontend`'s constants to ``path`` (the shipped copy; a test checks it
+    equals librosa's)."""
+    np.savez(path, **librosa_frontend())
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _frontend() -> dict[str, np.ndarray]:
+    """librosa's constants, read from the shipped copy (:data:`FRONTEND`): importing librosa to
+    build them costs ~1.2 s of CPU in every process (numba and its kernels), for two constant
+    arrays. Without the file (or a malformed one) they come from librosa."""
+    try:
+        with np.load(FRONTEND) as z:
+            got = {"mel_basis": z["mel_basis"], "window": z["window"]}
+        if got["mel_basis"].shape == (N_MELS, N_FFT // 2 + 1) and got["window"].shape == (WIN,):
+            return got
+        logger.warning("%s has the wrong shapes: building the front-end with librosa", FRONTEND)
+    except (OSError, KeyError, ValueError) as e:
+        logger.warning("cannot read %s (%s): building the front-end with librosa", FRONTEND, e)
+    return librosa_frontend()
+
+
+@functools.lru_cache(maxsize=1)
+def _mel_basis() -> Any:
+    """YAMNet's filterbank (librosa's HTK mel, unnormalised triangles) as a sparse ``[64, 257]``
+    matrix."""
+    import scipy.sparse
+
+    return scipy.sparse.csr_array(_frontend()["mel_basis"])
 
 
 def log_mel(samples: np.ndarray, *, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -113,12 +149,9 @@ def log_mel(samples: np.ndarray, *, sr: int = SAMPLE_RATE) -> np.ndarray:
     return np.log(mel.T + LOG_OFFSET).astype(np.float32, copy=False)
 
 
-@functools.lru_cache(maxsize=1)
 def _window() -> np.ndarray:
     """librosa's (periodic) Hann window of :data:`WIN` samples, ``float32[400]``."""
-    import librosa
-
-    return librosa.filters.get_window("hann", WIN, fftbins=True).astype(np.float32)
+    return _frontend()["window"]
 
 
 def patches(logmel: np.ndarray) -> np.ndarray:
@@ -147,13 +180,14 @@ def patches(logmel: np.ndarray) -> np.ndarray:
 
 
 def warm_up() -> float:
-    """Run one tiny log-mel so that librosa's imports and numba JIT are paid now, not per request.
+    """Run one tiny log-mel so that the front-end's set-up is paid now, not per request.
 
     Returns
     -------
     float
-        Seconds spent (about 15 s the very first time numba compiles and caches librosa's
-        kernels on a machine, about 1–2 s in a later fresh process).
+        Seconds spent: milliseconds with the shipped constants (:data:`FRONTEND`); without them
+        librosa's imports and numba JIT (about 15 s the very first time numba compiles and caches
+        librosa's kernels on a machine, about 1–2 s in a later fresh process).
     """
     t0 = time.perf_counter()
     log_mel(np.zeros(WIN + HOP, dtype=np.float32))
