@@ -4,7 +4,6 @@ and restarted mid-stream (reconnect with backoff, gap recorded, nothing captured
 
 from __future__ import annotations
 
-import random
 import shutil
 import signal
 import socket
@@ -38,23 +37,6 @@ def _need_ffmpeg() -> str:
 
 
 def _free_port() -> int:
-    """A free loopback port *below* the kernel's ephemeral range: a client that keeps
-    reconnecting to a port in that range while its server is down could be handed that very
-    port as its own source port and connect to itself (TCP self-connect), and a restarted server
-    could then not bind it."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(10000, max(10001, low))
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
