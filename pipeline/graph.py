@@ -67,8 +67,6 @@ def start_ray(cfg: ServiceConfig) -> bool:
     kwargs: dict[str, Any] = {
         "include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
     }
-    import signal
-
     main = threading.current_thread() is threading.main_thread()
     held = (signal.SIGINT, signal.SIGTERM)
     mine = {sig: signal.getsignal(sig) for sig in held}
@@ -298,8 +296,6 @@ class AudioPrescan:
             self.thread.join(timeout=CLOSE_WAIT_S)
 
     def _work(self) -> None:
-        import signal
-
         from pipeline.actors.ingest_actor import audio_scan_args
         from pipeline.actors.trigger_actor import scan_audio
 
@@ -449,4 +445,10 @@ def _cause(e: Exception) -> str:
     cause = getattr(e, "cause", None) or e
     if isinstance(cause, IngestError):
         return cause.cause
-    return str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+    return one_line(cause)
+
+
+def one_line(e: BaseException) -> str:
+    """The last line of ``e``'s message (its type's name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__

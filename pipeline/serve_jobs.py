@@ -29,11 +29,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 JOBS_FILE = "jobs.json"
-SOURCES_FILE = "sources.json"
 MAX_JOBS_KEPT = 200
 LOCKED_RETRY_S = 2.0
 STOP_TIMEOUT_S = 15.0
-BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 HANDOVER_WAIT_S = 60.0  # a job handed to the live process waits this long for it before running alone
 MOVED = "moved to the live sources' process (a camera was added): it resumes there"
 
@@ -88,9 +86,9 @@ class Job:
 class JobQueue:
     """Runs ingest jobs one at a time, in submission order."""
 
-    def __init__(self, store: Path, bus, *, config_path: str | None = None, live=None) -> None:
+    def __init__(self, store: Path, bus, *, config_path: str | None = None) -> None:
         self.store = store
-        self.live = live  # the SourceRegistry whose live process takes jobs while it runs
+        self.live = None  # the SourceRegistry whose live process takes jobs while it runs (set by the server)
         self.bus = bus
         self.config_path = config_path
         self.jobs: dict[str, Job] = {}

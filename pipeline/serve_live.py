@@ -163,7 +163,7 @@ class LiveGroup:
             job.stop.set()
 
     def _ingest(self, job_id: str, sources: list[str], stop: threading.Event) -> None:
-        from pipeline.graph import expand_sources, run_ingest
+        from pipeline.graph import expand_sources, one_line, run_ingest
         from pipeline.sources import resolve
 
         progress: dict[str, Any] = {}
@@ -190,7 +190,7 @@ class LiveGroup:
             report["sources"].extend(refused)
         except Exception as e:  # noqa: BLE001 - a job's failure is its own: the live sources go on
             logger.exception("ingest job %s failed", job_id)
-            error = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            error = one_line(e)
         finally:
             with self.jobs_lock:
                 self.jobs.pop(job_id, None)

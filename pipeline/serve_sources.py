@@ -26,14 +26,22 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline.errors import ConfigError
-from pipeline.serve_jobs import BACKOFF_S, SOURCES_FILE, STOP_TIMEOUT_S, _last_line, _load, _save
+from pipeline.serve_jobs import STOP_TIMEOUT_S, _last_line, _load, _save
+from pipeline.sources import device_kind
 
 logger = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DEVICE_PREFIXES = ("v4l2:", "alsa:", "pulse:")
+DEVICES_SUPPORTED = False  # the live process captures URLs; devices: `eidetic ingest v4l2:...`
+SOURCES_FILE = "sources.json"
+BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 GROUP_LOG = "live.log"
 BUSY_RETRY_S = 10.0  # the store held by another writer (an ingest job): try again this much later
+
+
+def _backoff(failures: int) -> float:
+    """Seconds before the next try after ``failures`` failures in a row."""
+    return BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
 
 
 @dataclass
@@ -96,7 +104,7 @@ class SourceRegistry:
         from pipeline.ingest import is_url
 
         url = url.strip()
-        if not (is_url(url) or url.lower().startswith(DEVICE_PREFIXES)):
+        if not (is_url(url) or device_kind(url)):
             raise ConfigError(f"not a live source URL: {url!r} (rtsp://, rtmp://, http(s)://, "
                               "tcp://, udp://, v4l2:, alsa:, pulse:); submit files to /v1/ingest")  # fmt: skip
         name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", url.split("://")[-1]).strip("_.-")[:64]
@@ -190,11 +198,9 @@ class SourceRegistry:
 
     def _wanted(self) -> list[Source]:
         """The sources that should be captured (devices this build cannot open are marked)."""
-        from pipeline import ingest
-
         out = []
         for src in self.sources.values():
-            if src.url.lower().startswith(DEVICE_PREFIXES) and not getattr(ingest, "DEVICE_PREFIXES", ()):
+            if device_kind(src.url) and not DEVICES_SUPPORTED:
                 if src.state != "unsupported":
                     src.state, src.error = "unsupported", "capture devices are not supported by this build"
                     self.bus.publish("source", **self.status(src))
@@ -243,7 +249,7 @@ class SourceRegistry:
         code = group.returncode
         busy = self._fatal is not None and "already open for writing" in self._fatal
         why = self._fatal or f"the live capture process exited ({code}): {self._log_tail()}"
-        delay = BUSY_RETRY_S if busy else BACKOFF_S[min(self._group_fails, len(BACKOFF_S) - 1)]
+        delay = BUSY_RETRY_S if busy else _backoff(self._group_fails)
         self._group_fails += 0 if busy else 1
         self._group_retry_at = time.monotonic() + delay
         lost, writer = f"the live process stopped while the job ran: {why}", self._writer_pid
@@ -335,7 +341,7 @@ class SourceRegistry:
             if error and src.url not in error:
                 src.error = f"{src.url}: {error}"
             src.restarts += 1
-            self._retry_at[src.name] = time.monotonic() + BACKOFF_S[min(src.restarts - 1, len(BACKOFF_S) - 1)]
+            self._retry_at[src.name] = time.monotonic() + _backoff(src.restarts - 1)
             self.bus.publish("source", **self.status(src))
 
 

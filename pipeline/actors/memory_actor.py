@@ -33,6 +33,7 @@ class MemoryActor:
     each stored as soon as it closes."""
 
     def __init__(self, store_path: str, cfg: MemoryConfig, retention: RetentionConfig | None = None) -> None:
+        from memory.shortterm import frame_descriptor
         from memory.store import EpisodeStore
         from models import registry
 
@@ -41,6 +42,8 @@ class MemoryActor:
                                   keyframe_max_side=cfg.keyframe_max_side)  # fmt: skip
         self.embedder = registry.create(registry.EMBEDDERS, "classical")
         self.cfg = cfg
+        self.boundary_policy = cfg.boundary_policy()  # one per actor: config only
+        self.describe = frame_descriptor(self.embedder)
         self.compressors: dict = {}
         self.stored: dict = {}  # slot -> ids of the episodes its capture gave so far
         self.episodes = 0
@@ -65,16 +68,16 @@ class MemoryActor:
 
     def _compressor(self, source: str):
         from memory.episodes import EpisodeBuilder
-        from memory.shortterm import EpisodeCompressor, ShortTermMemory, frame_descriptor
+        from memory.shortterm import EpisodeCompressor, ShortTermMemory
 
         cfg = self.cfg
         return EpisodeCompressor(
-            source, cfg.boundary_policy(),
+            source, self.boundary_policy,
             window=ShortTermMemory(max_items=cfg.short_term_items, max_s=cfg.short_term_s),
             new_builder=lambda: EpisodeBuilder(
                 source, keyframes_per_episode=cfg.keyframes_per_episode, embedder=self.embedder
             ),
-            describe=frame_descriptor(self.embedder),
+            describe=self.describe,
         )  # fmt: skip
 
     def add(self, source: str, perception, image: np.ndarray | None = None, slot=None) -> None:
