@@ -517,14 +517,14 @@ class TriggerPolicy:
         may too (while that sound is within ``max_capture_s`` of its start)."""
         if any(not s.final for s in o.sounds):
             return True
-        if final or self.sustain >= 1.0:
-            return False
+        return not final and any(self._may_sustain(s) for s in o.sounds)
+
+    def _may_sustain(self, s: _Sound) -> bool:
+        """``sustain`` < 1, the latest patch continued ``s``'s evidence and the next one may too
+        (``s`` still within ``max_capture_s`` of its onset)."""
         cap = math.inf if self.max_capture_s is None else self.max_capture_s
-        return any(
-            s.ev_last is not None and s.ev_last >= self._last_t0 - EPS_S
-            and s.ev_last < s.onset + cap
-            for s in o.sounds
-        )  # fmt: skip
+        return (self.sustain < 1.0 and s.ev_last is not None
+                and s.ev_last >= self._last_t0 - EPS_S and s.ev_last < s.onset + cap)  # fmt: skip
 
     def _step(self, found: list[AudioEvent], *, now: float, final: bool) -> list[TriggerEvent]:
         out, self._pending_out = self._pending_out, []
@@ -581,9 +581,7 @@ class TriggerPolicy:
         floor = 1.0 - self.hysteresis
         out, first_known = [], False
         for s in sorted(o.sounds, key=lambda x: x.onset):
-            sustained = (self.sustain < 1.0 and s.ev_last is not None
-                         and s.ev_last >= self._last_t0 - EPS_S and s.ev_last < s.onset + cap)  # fmt: skip
-            if not s.final or sustained:  # still going on, or the next patch may sustain it
+            if not s.final or self._may_sustain(s):  # still going on, or the next patch may sustain it
                 out.append((s.onset, s.onset + cap))
                 continue
             if not (s.accepted or (s.best is not None and s.best.strength >= floor)):
