@@ -208,11 +208,12 @@ def test_flow_confidence_flags_forward_backward_disagreement() -> None:
     back = np.zeros((h, w, 2), dtype=np.float32)
     back[..., 0] = -4.0  # every pixel came from 4 px to its left...
     fwd = -back  # ... and the forward flow takes it back: consistent
-    conf = vos._flow_confidence(back, fwd)
+    maps = FlowPropagator.maps(back)
+    conf = vos._flow_confidence(back, fwd, maps)
     assert conf.shape == (h, w) and conf.min() > 0.95
     bad = fwd.copy()
     bad[:, : w // 2] = 0.0  # the forward flow forgets the motion on the left half
-    conf = vos._flow_confidence(back, bad)
+    conf = vos._flow_confidence(back, bad, maps)
     assert conf[:, : w // 4].max() < 0.1  # 4 px error against a ~1.4 px tolerance
     assert conf[:, 3 * w // 4 :].min() > 0.9
 

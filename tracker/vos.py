@@ -249,15 +249,16 @@ class VOSTracker:
         self._frame_idx += 1
         self._image = image
         flow = self._flow.flow(self._prev, image)
+        maps = self._flow.maps(flow)  # once per frame, for every object
         self._conf = None
         if self.preset.refine and self.preset.fb_tol > 0:
-            self._conf = self._flow_confidence(flow, self._flow.flow(image, self._prev))
+            self._conf = self._flow_confidence(flow, self._flow.flow(image, self._prev), maps)
         idx = self._colour.index(image) if self.preset.refine else None
         grey = None
         if self.preset.refine and self.preset.guided_radius:
             grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
             grey = grey.astype(np.float32) / 255
-        decisions = [self._segment_object(obj, flow, idx, grey) for obj in self._objects]
+        decisions = [self._segment_object(obj, flow, maps, idx, grey) for obj in self._objects]
         if self.refiner is not None and self._frame_idx % self.refine_every == 0:
             decisions = self._refine(image, decisions)
         labels = self._resolve(decisions, image.shape[:2])
@@ -299,10 +300,12 @@ class VOSTracker:
     # --------------------------------------------------------------------------- internals
 
     def _segment_object(
-        self, obj: _Object, flow: np.ndarray, idx: np.ndarray | None, grey: np.ndarray | None
-    ) -> _Decision:
-        """Warp one object's mask along ``flow``, then refine it by colour when ``idx`` is given."""
-        soft = self._flow.warp(obj.mask, flow)
+        self, obj: _Object, flow: np.ndarray, maps: tuple[np.ndarray, np.ndarray],
+        idx: np.ndarray | None, grey: np.ndarray | None,
+    ) -> _Decision:  # fmt: skip
+        """Warp one object's mask along ``flow`` (``maps``: its remap coordinates), then refine it
+        by colour when ``idx`` is given."""
+        soft = self._flow.warp(obj.mask, flow, maps=maps)
         coarse = soft > 0.5
         if idx is None:
             return _Decision(soft, coarse, 1.0)
@@ -377,17 +380,18 @@ class VOSTracker:
             self._counts["lost"] += 1
             logger.info("object %d lost at frame %d", obj.obj_id, self._frame_idx)
 
-    def _flow_confidence(self, back: np.ndarray, fwd: np.ndarray) -> np.ndarray:
+    def _flow_confidence(
+        self, back: np.ndarray, fwd: np.ndarray, maps: tuple[np.ndarray, np.ndarray]
+    ) -> np.ndarray:
         """Forward-backward consistency of the flow, in [0, 1] per pixel of the new frame.
 
         Pixel x came from x + back(x); the forward flow there should bring it back:
         ``back(x) + fwd(x + back(x)) ~ 0``. Where it does not (occlusions, disocclusions,
-        fast or non-rigid motion) the warped mask is not to be trusted.
+        fast or non-rigid motion) the warped mask is not to be trusted. ``maps``: ``back``'s
+        remap coordinates (:meth:`FlowPropagator.maps`).
         """
         h, w = back.shape[:2]
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        f_at = cv2.remap(fwd, gx + back[..., 0], gy + back[..., 1], cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        f_at = cv2.remap(fwd, *maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         err2 = ((back + f_at) ** 2).sum(axis=2)
         mag2 = (back**2).sum(axis=2) + (f_at**2).sum(axis=2)
         tol2 = self.preset.fb_tol**2 + self.preset.fb_rel * mag2
