@@ -519,7 +519,9 @@ def store_prune(ctx, max_gb, max_age_days, dry_run, store_dir, config_path, as_j
         if not st.retention.active and st.retention.clip_bucket_bytes is None:
             raise ConfigError("no retention limits: set retention.max_gb / max_age_days / clip_mb_per_hour in the config, or pass --max-gb / --max-age-days")
         report = st.enforce_retention(dry_run=dry_run)
+        by_size = report["clips_dropped"] if "clips_dropped" in report else len(report["clips"])  # dry run: planned
         return {"forgotten": report["forgotten"], "clips_dropped": report["clips_over_budget"],
+                "clips_dropped_by_size": by_size,
                 "by_age": report["age"], "by_size": report["size"],
                 "bytes_before": report["bytes_before"], "bytes_after_estimate": report["bytes_after_estimate"],
                 "dry_run": dry_run}  # fmt: skip

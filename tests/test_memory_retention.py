@@ -195,6 +195,7 @@ def test_store_forget_and_prune_cli(tmp_path: Path, rng) -> None:
     r = eidetic("store", "prune", "--dry-run", "--store", str(store), "--json")
     assert r.returncode == 0, r.stderr  # the default clip budget is a limit (no clips here)
     assert json.loads(r.stdout)["clips_dropped"] == [] and json.loads(r.stdout)["forgotten"] == 0
+    assert json.loads(r.stdout)["clips_dropped_by_size"] == 0  # no clips: none to drop for size
     no_limits = tmp_path / "no_limits.yaml"
     no_limits.write_text("retention:\n  clip_mb_per_hour: null\n")
     r = eidetic("store", "prune", "--config", str(no_limits), "--store", str(store), "--json")
