@@ -556,12 +556,13 @@ def tune(
 
     ``ids, x``: the index's vectors (all of them), or with ``exhaustive`` a sample of them (the
     ground truth then comes from an exhaustive search of the index: every list visited)."""
-    raw = tune_nprobe(index, ids, x, exhaustive=exhaustive, margin=1)
+    raw = tune_nprobe(index, ids, x, exhaustive=exhaustive)
     nprobe = int(min(index.ivf.nlist, raw * TUNE_MARGIN))
+    logger.info("nprobe %d of %d lists (x%d margin)", nprobe, index.ivf.nlist, TUNE_MARGIN)
     return nprobe, tune_filter_gain(index, ids, x, nprobe, exhaustive=exhaustive)
 
 
-def _queries(ids: np.ndarray, x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _queries(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     q = rng.choice(x.shape[0], min(TUNE_QUERIES, x.shape[0]), replace=False)
     return q, np.ascontiguousarray(x[q])
@@ -573,15 +574,15 @@ def _recall(truth: list[set[int]], I: np.ndarray, self_ids: list[int]) -> float:
 
 
 def tune_nprobe(
-    index: FaissIndex, ids: np.ndarray, x: np.ndarray, *, exhaustive: bool = False,
-    margin: int = TUNE_MARGIN,
-) -> int:  # fmt: skip
+    index: FaissIndex, ids: np.ndarray, x: np.ndarray, *, exhaustive: bool = False
+) -> int:
     """The smallest nprobe whose recall@10 on stored vectors (as queries, themselves excluded)
-    reaches ``TUNE_RECALL`` against exact search, times ``margin`` (at most every list)."""
+    reaches ``TUNE_RECALL`` against exact search (every list when none does); :func:`tune`
+    adds the margin."""
     import faiss
 
     ivf = index.ivf
-    q, xq = _queries(ids, x, 1)
+    q, xq = _queries(x, 1)
     if exhaustive:
         _, gt = index.search(xq, 11, nprobe=ivf.nlist)
     else:
@@ -593,9 +594,8 @@ def tune_nprobe(
         _, I = index.search(xq, 11, nprobe=nprobe)
         recall = _recall(truth, I, self_ids)
         if recall >= TUNE_RECALL:
-            logger.info("nprobe %d of %d lists: tuning recall@10 %.3f (used: x%d)",
-                        nprobe, ivf.nlist, recall, margin)  # fmt: skip
-            return int(min(ivf.nlist, nprobe * margin))
+            logger.info("nprobe %d of %d lists: tuning recall@10 %.3f", nprobe, ivf.nlist, recall)
+            return int(nprobe)
     return int(ivf.nlist)
 
 
@@ -611,7 +611,7 @@ def tune_filter_gain(
     rng = np.random.default_rng(3)
     allowed = np.sort(rng.choice(every, max(11, int(every.size * FILTER_TUNE_FRACTION)), replace=False))
     frac = allowed.size / max(1, index.ntotal)
-    q, xq = _queries(ids, x, 4)
+    q, xq = _queries(x, 4)
     self_ids = [int(ids[qi]) for qi in q]
     if exhaustive:
         _, gt = index.search(xq, 11, allowed=allowed, nprobe=ivf.nlist)

@@ -174,7 +174,6 @@ class EpisodeCompressor:
         self.prev_desc: np.ndarray | None = None
         self.prev_boxes: dict[int, tuple[float, float, float, float]] = {}
         self.done: list[tuple[Episode, list[np.ndarray], str]] = []
-        self.counts = dict.fromkeys(BOUNDARIES, 0)
 
     # --- public ----------------------------------------------------------------------------
 
@@ -311,7 +310,6 @@ class EpisodeCompressor:
         episode, images = builder.end(max(t, self.open_t))  # type: ignore[union-attr, type-var]
         self.open_t = None
         self.done.append((episode, images, why))
-        self.counts[why] += 1
 
     def _fold(self, items: list[Item]) -> None:
         """Items leaving the window join their episode's builder (idle ones are dropped)."""
@@ -347,11 +345,6 @@ class EpisodeCompressor:
     def _take_done(self) -> list[tuple[Episode, list[np.ndarray], str]]:
         out, self.done = self.done, []
         return out
-
-    def stats(self) -> dict[str, Any]:
-        return {"window_items": len(self.window), "window_s": self.window.span_s,
-                "episodes": dict(self.counts)}  # fmt: skip
-
 
 def _box_moved(a: tuple[float, ...], b: tuple[float, ...], diag: float) -> bool:
     ca = ((a[0] + a[2]) / 2, (a[1] + a[3]) / 2)
